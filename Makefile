@@ -1,0 +1,45 @@
+# xaibench — `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.xaibench-installed
+LIMIT ?=
+PYTEST_ARGS ?=
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch and torchvision are resolved together from the registry (a matching pair; the CUDA build runs on CPU)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Build .venv from nothing but python3 and install xaibench with dev tools
+
+test: install ## Run the fast test suite (no network, no GPU needed)
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: install ## Run every test, slow ones included
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff format and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: install ## Run the default benchmark offline and print its table
+	$(BIN)/xaibench -m experiment=demo
+
+clean: ## Remove run outputs and caches of this checkout (not .venv)
+	rm -rf outputs .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+.PHONY: help install test test-all lint format demo clean

@@ -1,0 +1,115 @@
+"""The ``xaibench`` command: a thin Hydra entry point around :func:`xaibench.loop.run_job`.
+
+``xaibench`` with no arguments runs the default benchmark (``-m experiment=demo``); otherwise the
+arguments are Hydra overrides, e.g. ``xaibench dataset=synthetic_shapes method=rollout`` or
+``xaibench -m method=raw_attention,rollout,attn_gradcam``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import xaibench.conf
+from xaibench.loop import LoopConfig, atomic_write_text, run_job
+
+log = logging.getLogger("xaibench")
+
+CONF_DIR = str(Path(xaibench.conf.__file__).resolve().parent)
+# the source checkout (conf/ sits at its root); used to find ../shared/golden next to it
+ROOT_DIR = str(Path(CONF_DIR).parent)
+if not OmegaConf.has_resolver("xaibench_root"):
+    OmegaConf.register_new_resolver("xaibench_root", lambda: ROOT_DIR)
+if not OmegaConf.has_resolver("abspath"):
+    OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
+
+#: errors that describe bad user input: reported as one line, not a traceback
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def loop_config(cfg: DictConfig) -> LoopConfig:
+    return LoopConfig(
+        device=str(cfg.device),
+        precision=str(cfg.precision),
+        batch_size=int(cfg.batch_size),
+        limit=None if cfg.limit is None else int(cfg.limit),
+        seed=int(cfg.seed),
+        target=str(cfg.target),
+        num_workers=int(cfg.num_workers),
+        save_examples=int(cfg.save_examples),
+    )
+
+
+def run_from_config(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Instantiate the configured pieces and run one job into ``out_dir``."""
+    dataset = instantiate(cfg.dataset)
+    model = instantiate(cfg.model)
+    method = instantiate(cfg.method)
+    metrics = {name: instantiate(spec) for name, spec in (cfg.get("metrics") or {}).items()}
+    choices = _choices()
+    meta = {"overrides": list(overrides or []), "choices": choices}
+    return run_job(dataset, model, method, metrics, out_dir, loop_config(cfg), meta=meta)
+
+
+def _choices() -> dict[str, Any]:
+    try:
+        runtime = HydraConfig.get().runtime.choices
+    except ValueError:
+        return {}
+    return {k: v for k, v in runtime.items() if not k.startswith("hydra/")}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def task(cfg: DictConfig) -> dict[str, Any] | None:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    try:
+        record = run_from_config(cfg, out_dir, overrides)
+    except Exception as exc:  # recorded, then re-raised so the sweep (or the process) fails visibly
+        cause = _root_cause(exc)
+        message = f"{type(cause).__name__}: {cause}"
+        atomic_write_text(
+            out_dir / "error.json", json.dumps({"status": "failed", "error": message, "overrides": overrides}, indent=2)
+        )
+        if logger is not None:
+            logger.log_job(cfg, out_dir, None, overrides=overrides, error=message)
+        log.error("job failed: %s", message)
+        if isinstance(cause, USER_ERRORS):
+            if not multirun:
+                sys.exit(f"xaibench: error: {message}")
+            raise RuntimeError(message) from None
+        raise
+    if logger is not None:
+        logger.log_job(cfg, out_dir, record, overrides=overrides)
+    return record
+
+
+def main() -> None:
+    """Console entry point: ``xaibench [hydra overrides]``; no arguments runs the demo benchmark."""
+    if len(sys.argv) == 1:
+        sys.argv += ["-m", "experiment=demo"]
+    task()
+
+
+if __name__ == "__main__":
+    main()

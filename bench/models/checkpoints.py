@@ -1,0 +1,57 @@
+"""Safe, checked loading of state dicts (``weights_only=True`` or safetensors; never pickle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: buffers older checkpoints saved that current model classes no longer register
+_IGNORABLE_SUFFIXES = ("position_ids",)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (expected a .pt/.pth state dict or .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or pickled files
+        raise ValueError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+            "(expected a state dict saved with torch.save; arbitrary pickles are refused)"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def load_state_dict_checked(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict strictly, naming missing, unexpected and mis-shaped keys in the error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.endswith(_IGNORABLE_SUFFIXES)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:8]}")
+        raise ValueError(f"checkpoint {path} does not match the model config: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,225 @@
+"""Contracts shared by datasets, models, methods and metrics.
+
+Everything that crosses a plugin boundary is defined here: the raw ``Sample`` a dataset yields, the
+model-ready ``Batch`` a model adapter builds, the ``Attribution`` a method returns, and the abstract
+interfaces of the four plugin kinds. Hydra ``_target_`` paths are the registry; nothing here imports
+Hydra.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Modality = Literal["image", "text"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One raw, model-agnostic example.
+
+    Attributes:
+        id: stable identifier (used as the cache key and the ``scores.csv`` row key).
+        label: ground-truth class index, or ``-1`` when unknown.
+        image: ``[3, H, W]`` float32 in ``[0, 1]`` (image datasets).
+        mask: ``[H, W]`` int64 in ``{0, 1}``, the evidence pixels (segmentation datasets).
+        words: whitespace tokens of a document (text datasets).
+        rationale: evidence spans over ``words`` as ``(start, end)`` pairs, end exclusive.
+    """
+
+    id: str
+    label: int = -1
+    image: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    words: tuple[str, ...] | None = None
+    rationale: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A collated, model-ready batch of ``B`` samples.
+
+    Attributes:
+        ids: sample ids, length ``B``.
+        inputs: what ``ModelAdapter.logits`` takes: ``[B, 3, H, W]`` normalised pixels for images, or a
+            mapping of ``[B, T]`` tensors (``input_ids``, ``attention_mask``) for text.
+        labels: ``[B]`` int64 ground-truth classes (``-1`` when unknown).
+        images: ``[B, 3, H, W]`` un-normalised images in ``[0, 1]`` (image modality).
+        masks: ``[B, H, W]`` int64 evidence masks aligned with ``images``, when the dataset has them.
+        extras: modality-specific extras (text: ``words``, ``word_index``, ``rationales``).
+    """
+
+    ids: tuple[str, ...]
+    inputs: Any
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What an attribution method returns for a whole batch.
+
+    Attributes:
+        maps: relevance per sample. ``level="tokens"``: ``[B, gh, gw]`` over the patch grid (images) or
+            ``[B, T]`` over word-pieces (text); ``level="pixels"``: ``[B, H, W]`` at input resolution.
+        targets: ``[B]`` int64, the class each map explains.
+        logits: ``[B, C]`` logits of the forward pass the maps came from (detached).
+        level: ``"tokens"`` or ``"pixels"``.
+    """
+
+    maps: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    level: Literal["tokens", "pixels"] = "tokens"
+
+
+class DatasetAdapter(ABC):
+    """A map-style dataset of :class:`Sample`.
+
+    ``provides`` names the ground truth it carries (``"label"``, ``"mask"``, ``"rationale"``); metric
+    runners declare what they need in ``requires`` and the loop checks the two before any compute.
+    """
+
+    modality: ClassVar[Modality]
+    provides: ClassVar[frozenset[str]] = frozenset({"label"})
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def class_names(self) -> Sequence[str] | None:
+        """Human-readable class names, if known."""
+        return None
+
+
+class ModelAdapter(ABC):
+    """Wraps a stock classifier: preprocessing, logits, where attention lives, token geometry.
+
+    Attributes:
+        model: the stock ``nn.Module`` (timm ``VisionTransformer`` or HF sequence classifier).
+        num_prefix_tokens: tokens before the patch tokens (CLS, distillation, registers).
+    """
+
+    modality: ClassVar[Modality]
+    model: nn.Module
+    num_prefix_tokens: int = 1
+
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Stable model id used in cache keys and tables (e.g. ``vit_base_patch16_224.orig_in21k_ft_in1k``)."""
+
+    @abstractmethod
+    def collate(self, samples: Sequence[Sample]) -> Batch:
+        """Turn raw samples into a model-ready batch (on CPU)."""
+
+    @abstractmethod
+    def logits(self, inputs: Any) -> torch.Tensor:
+        """Forward pass; returns ``[B, C]`` logits."""
+
+    @abstractmethod
+    def attention_layers(self) -> Sequence[nn.Module]:
+        """The attention modules of the blocks, first to last."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ModelAdapter:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def batch_to(self, batch: Batch) -> Batch:
+        """Move a batch's model inputs to the model's device (and float inputs to its dtype)."""
+        device, dtype = self.device, self.dtype
+
+        def move(t: Any) -> Any:
+            if isinstance(t, torch.Tensor):
+                t = t.to(device)
+                return t.to(dtype) if t.is_floating_point() else t
+            if isinstance(t, Mapping):
+                return {k: move(v) for k, v in t.items()}
+            return t
+
+        return Batch(
+            ids=batch.ids,
+            inputs=move(batch.inputs),
+            labels=batch.labels.to(device),
+            images=batch.images,
+            masks=batch.masks,
+            extras=batch.extras,
+        )
+
+    def weights_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) over the state dict, recorded with every run."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def class_names(self) -> Sequence[str] | None:
+        return None
+
+
+class AttributionMethod(ABC):
+    """``method(model, batch, target) -> Attribution`` for a whole batch.
+
+    ``target`` is a ``[B]`` int64 tensor of classes to explain, or ``None`` to explain each sample's
+    predicted class taken from the method's own forward pass (no extra forward). Hyperparameters are
+    set in ``__init__``. A call leaves no hook or instance patch behind.
+    """
+
+    name: ClassVar[str]
+    modalities: ClassVar[frozenset[str]] = frozenset({"image", "text"})
+    #: whether the map depends on the target class (rollout and raw attention do not)
+    class_sensitive: ClassVar[bool] = True
+
+    @abstractmethod
+    def __call__(self, model: ModelAdapter, batch: Batch, target: torch.Tensor | None) -> Attribution: ...
+
+
+class MetricRunner(ABC):
+    """Streams over batches; dataset-level statistics are kept as sums so shards merge exactly.
+
+    ``update`` returns one row (a flat dict of scalars) per sample for ``scores.csv``; ``compute``
+    returns the dataset-level numbers for ``metrics.json``.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    modalities: ClassVar[frozenset[str]] = frozenset({"image", "text"})
+    higher_is_better: ClassVar[Mapping[str, bool]] = {}
+    #: whether ``update`` needs the model (perturbation, faithfulness)
+    needs_model: ClassVar[bool] = False
+
+    @abstractmethod
+    def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def reset(self) -> None: ...
