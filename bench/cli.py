@@ -94,10 +94,11 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         if logger is not None:
             logger.log_job(cfg, out_dir, None, overrides=overrides, error=message)
         log.error("job failed: %s", message)
+        if multirun:
+            # the other jobs go on; SweepCallback reports the failure and exits non-zero at the end
+            return None
         if isinstance(cause, USER_ERRORS):
-            if not multirun:
-                sys.exit(f"xaibench: error: {message}")
-            raise RuntimeError(message) from None
+            sys.exit(f"xaibench: error: {message}")
         raise
     if logger is not None:
         logger.log_job(cfg, out_dir, record, overrides=overrides)

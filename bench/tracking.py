@@ -168,6 +168,8 @@ class SweepCallback(Callback):
             logger, run_id = self._parent
             logger.end_parent(run_id, "FAILED" if failed else "FINISHED")
             os.environ.pop(PARENT_ENV, None)
+        if failed:
+            raise SystemExit(f"xaibench: {failed} job(s) of the sweep failed; see error.json in {sweep_dir}")
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:

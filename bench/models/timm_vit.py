@@ -48,6 +48,9 @@ class TimmViT(ModelAdapter):
         pretrained: let timm fetch the hub weights of ``arch`` (needs network or a warm HF cache).
         mean, std: input normalisation; the reference uses 0.5 for ViT-B/16.
         name: id used in cache keys and tables; defaults to ``arch`` or the config file stem.
+        model: an already built timm ViT to wrap (instead of building one).
+        class_names: names of the classes, for tables and the explain command.
+        init_seed: seed the random initialisation (models without a checkpoint).
     """
 
     modality = "image"
@@ -64,8 +67,11 @@ class TimmViT(ModelAdapter):
         name: str | None = None,
         model: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
+        init_seed: int | None = None,
     ) -> None:
         if model is None:
+            if init_seed is not None:  # reproducible random weights (tests, benchmarks)
+                torch.manual_seed(init_seed)
             model = self._build(arch, timm_config, timm_kwargs, pretrained)
             if checkpoint_path:
                 load_state_dict_checked(model, checkpoint_path)

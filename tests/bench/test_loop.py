@@ -23,8 +23,14 @@ def _read(tmp_path):
 
 def test_job_writes_records_and_honours_limit(tmp_path) -> None:
     ds = SyntheticShapes(size=20, image_size=32)
-    record = run_job(ds, tiny_vit(), Rollout(), {"segmentation": Segmentation()}, tmp_path,
-                     LoopConfig(device="cpu", batch_size=3, limit=7))
+    record = run_job(
+        ds,
+        tiny_vit(),
+        Rollout(),
+        {"segmentation": Segmentation()},
+        tmp_path,
+        LoopConfig(device="cpu", batch_size=3, limit=7),
+    )
     metrics, rows = _read(tmp_path)
     assert metrics == json.loads(json.dumps(record))
     assert [r["id"] for r in rows] == [ds[i].id for i in range(7)]
@@ -42,8 +48,14 @@ def test_batch_size_does_not_change_records(tmp_path, target: str) -> None:
     outs = []
     for bs in (1, 4, 9):
         out = tmp_path / f"bs{bs}"
-        run_job(ds, model, AttnGradCAM(), {"segmentation": Segmentation()}, out,
-                LoopConfig(device="cpu", precision="float64", batch_size=bs, target=target))
+        run_job(
+            ds,
+            model,
+            AttnGradCAM(),
+            {"segmentation": Segmentation()},
+            out,
+            LoopConfig(device="cpu", precision="float64", batch_size=bs, target=target),
+        )
         outs.append(_read(out))
     # maps agree to ~1e-15 across batch sizes (BLAS kernels differ); thresholded counts agree exactly,
     # while AP may move by ~1e-4 because sklearn breaks exact ties in the upsampled maps by value
@@ -66,8 +78,14 @@ def test_batch_size_does_not_change_records(tmp_path, target: str) -> None:
 def test_two_runs_give_identical_records(tmp_path) -> None:
     ds = SyntheticShapes(size=6, image_size=32)
     for name in ("a", "b"):
-        run_job(ds, tiny_vit(), Rollout(), {"segmentation": Segmentation()}, tmp_path / name,
-                LoopConfig(device="cpu", batch_size=4))
+        run_job(
+            ds,
+            tiny_vit(),
+            Rollout(),
+            {"segmentation": Segmentation()},
+            tmp_path / name,
+            LoopConfig(device="cpu", batch_size=4),
+        )
     for f in ("metrics.json", "scores.csv"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
 
@@ -117,7 +135,13 @@ class _Counting(MetricRunner):
         (SyntheticShapes(4, 32), Rollout(), {}, LoopConfig(), "no metric"),
         (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, LoopConfig(target="gt"), "supported: predicted"),
         (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, LoopConfig(precision="fp8"), "supported: float32"),
-        (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, LoopConfig(precision="fp16", device="cpu"), "CUDA only"),
+        (
+            SyntheticShapes(4, 32),
+            Rollout(),
+            {"c": _Counting()},
+            LoopConfig(precision="fp16", device="cpu"),
+            "CUDA only",
+        ),
     ],
 )
 def test_incompatible_combinations_fail_before_compute(tmp_path, dataset, method, metrics, config, message) -> None:
@@ -134,9 +158,21 @@ def test_wrong_image_size_is_explained(tmp_path) -> None:
 @pytest.mark.gpu
 def test_cuda_job_matches_cpu(tmp_path) -> None:
     ds = SyntheticShapes(size=4, image_size=32)
-    cpu = run_job(ds, tiny_vit(), Rollout(), {"segmentation": Segmentation()}, tmp_path / "cpu",
-                  LoopConfig(device="cpu", precision="float64"))
-    gpu = run_job(ds, tiny_vit(), Rollout(), {"segmentation": Segmentation()}, tmp_path / "gpu",
-                  LoopConfig(device="cuda", precision="float64"))
+    cpu = run_job(
+        ds,
+        tiny_vit(),
+        Rollout(),
+        {"segmentation": Segmentation()},
+        tmp_path / "cpu",
+        LoopConfig(device="cpu", precision="float64"),
+    )
+    gpu = run_job(
+        ds,
+        tiny_vit(),
+        Rollout(),
+        {"segmentation": Segmentation()},
+        tmp_path / "gpu",
+        LoopConfig(device="cuda", precision="float64"),
+    )
     assert cpu["metrics"]["segmentation"]["total_inter"] == gpu["metrics"]["segmentation"]["total_inter"]
     assert torch.cuda.is_available()

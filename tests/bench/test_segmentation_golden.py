@@ -46,7 +46,11 @@ def test_segmentation_end_to_end_matches_reference(name: str, batch_size: int, t
     model = load_golden_vit("vit_tiny")
     dataset = ImageNetSegmentation(str(golden_dir() / "synthetic_gtsegs.mat"))
     record = run_job(
-        dataset, model, METHODS[name](), {"segmentation": Segmentation()}, tmp_path,
+        dataset,
+        model,
+        METHODS[name](),
+        {"segmentation": Segmentation()},
+        tmp_path,
         LoopConfig(device="cpu", precision="float64", batch_size=batch_size),
     )
     ours = record["metrics"]["segmentation"]

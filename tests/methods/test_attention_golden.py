@@ -55,8 +55,11 @@ def test_constant_gradcam_map_is_zeros_by_default(stem: str) -> None:
     """Where the reference returns NaN (a constant map), the default returns zeros, never NaN."""
     model = load_golden_vit(stem)
     with np.load(golden_dir() / f"{stem}_golden.npz") as z:
-        found = [(k, z[k], z[k.split("__")[0] + "__input"]) for k in z.files
-                 if k.endswith("__attn_gradcam") and np.isnan(z[k]).all()]
+        found = [
+            (k, z[k], z[k.split("__")[0] + "__input"])
+            for k in z.files
+            if k.endswith("__attn_gradcam") and np.isnan(z[k]).all()
+        ]
     if not found:
         pytest.skip("no constant-map case in this golden file")
     for key, _, x in found:

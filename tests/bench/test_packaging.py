@@ -1,0 +1,45 @@
+"""The distribution installs one import package, `xaibench`, and nothing named datasets/methods/bench."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from helpers import ROOT
+
+
+def test_wheel_has_only_the_xaibench_package(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("xaibench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"xaibench"}, top
+    for must in (
+        "xaibench/loop.py",
+        "xaibench/methods/attention.py",
+        "xaibench/datasets/synthetic.py",
+        "xaibench/conf/config.yaml",
+        "xaibench/conf/method/rollout.yaml",
+    ):
+        assert must in names, must
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "xaibench = xaibench.cli:main" in entry
+
+
+def test_installed_xaibench_does_not_shadow_hugging_face_datasets(tmp_path) -> None:
+    code = (
+        "import importlib.util as u, xaibench, xaibench.datasets, xaibench.methods;"
+        "print([u.find_spec(n) is not None and 'xaibench' in (u.find_spec(n).origin or '') "
+        "or (u.find_spec(n) is not None and str(u.find_spec(n).origin or '').startswith(%r)) "
+        "for n in ('datasets', 'methods', 'bench')])" % str(ROOT)
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[False, False, False]"
