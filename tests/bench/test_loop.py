@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_vit
 
+from helpers import tiny_vit
 from xaibench.datasets.synthetic import SyntheticShapes
 from xaibench.loop import LoopConfig, run_job
-from xaibench.metrics.segmentation import Segmentation
 from xaibench.methods.attention import AttnGradCAM, Rollout
+from xaibench.metrics.segmentation import Segmentation
 from xaibench.types import AttributionMethod, DatasetAdapter, MetricRunner, Sample
 
 

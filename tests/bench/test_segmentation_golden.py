@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-from helpers import golden_dir, load_golden_vit
 
+from helpers import golden_dir, load_golden_vit
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
 from xaibench.loop import LoopConfig, run_job
-from xaibench.metrics.segmentation import Segmentation
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
+from xaibench.metrics.segmentation import Segmentation
 
 # the reference script's method names -> ours, as its evaluation script calls them
 METHODS = {

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import golden_dir
 
+from helpers import golden_dir
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
 
 

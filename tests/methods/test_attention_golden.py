@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_golden_close, golden_cases, golden_dir, golden_stems, load_golden_vit, mode_target
 
+from helpers import assert_golden_close, golden_cases, golden_dir, golden_stems, load_golden_vit, mode_target
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
 from xaibench.types import Batch
 

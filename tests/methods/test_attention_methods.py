@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_vit
 
+from helpers import tiny_vit
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout, rollout_matrix
 from xaibench.methods.baselines import RandomAttribution
 from xaibench.types import Batch
