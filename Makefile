@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.xaibench-installed
 LIMIT ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -38,8 +39,11 @@ format: install ## Apply ruff format and safe fixes
 demo: install ## Run the default benchmark offline and print its table
 	$(BIN)/xaibench -m experiment=demo
 
+bench: install ## Time every method vs a plain forward (vit_base, bert_base; CPU and CUDA) -> results/bench/
+	$(BIN)/python -m xaibench.perf $(BENCH_ARGS)
+
 clean: ## Remove run outputs and caches of this checkout (not .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-.PHONY: help install test test-all lint format demo clean
+.PHONY: help install test test-all lint format demo bench clean

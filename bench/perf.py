@@ -1,0 +1,220 @@
+"""``make bench``: seconds per image of every attribution method against a plain forward pass.
+
+For each model shape (``vit_base``: ViT-B/16 at 224; ``bert_base``: BERT-base), each method configured in
+``conf/method/`` that supports the model's modality, and each batch size, it times the method and, in the
+same run, a ``no_grad`` forward of the same model and batch (median of ``--repeats`` runs after one
+warm-up), and records their ratio and the peak memory. Random weights: speed does not depend on them.
+Results go to ``results/bench/<device>.csv`` and ``.md``.
+
+    python -m xaibench.perf --models vit_base --batch-sizes 1,16 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from xaibench.cli import CONF_DIR
+from xaibench.tables import to_markdown
+from xaibench.types import Batch, ModelAdapter
+
+log = logging.getLogger("xaibench.perf")
+
+
+def build_model(name: str, seq_len: int) -> tuple[ModelAdapter, Callable[[int], Batch]]:
+    """A random-weight model of the given shape and a function making a batch of size B for it."""
+    if name in ("vit_base", "vit_micro"):
+        from xaibench.models.timm_vit import TimmViT
+
+        if name == "vit_base":
+            model = TimmViT(arch="vit_base_patch16_224", pretrained=False, init_seed=0, name=name)
+        else:  # a seconds-fast stand-in for smoke tests
+            kwargs = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 4}
+            model = TimmViT(timm_kwargs=kwargs, init_seed=0, name=name)
+        size = model.image_size
+
+        def make(b: int) -> Batch:
+            g = torch.Generator().manual_seed(b)
+            x = torch.rand(b, 3, *size, generator=g) * 2 - 1
+            return Batch(ids=tuple(f"s{i}" for i in range(b)), inputs=x, labels=torch.zeros(b, dtype=torch.long))
+
+        return model, make
+    if name == "bert_base":
+        from xaibench.models.hf_bert import HFBert
+
+        model = HFBert.random_bert_base(seed=0)
+
+        def make(b: int) -> Batch:
+            g = torch.Generator().manual_seed(b)
+            ids = torch.randint(1000, 20000, (b, seq_len), generator=g)
+            ids[:, 0], ids[:, -1] = 101, 102
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            return Batch(ids=tuple(f"s{i}" for i in range(b)), inputs=inputs, labels=torch.zeros(b, dtype=torch.long))
+
+        return model, make
+    raise ValueError(f"unknown benchmark model {name!r}; supported: vit_base, vit_micro, bert_base")
+
+
+def method_configs(names: list[str] | None) -> dict[str, Any]:
+    """Every method YAML in conf/method (or the named ones)."""
+    out = {}
+    for path in sorted(Path(CONF_DIR, "method").glob("*.yaml")):
+        if names and path.stem not in names:
+            continue
+        out[path.stem] = OmegaConf.load(path)
+    if names and set(names) - set(out):
+        raise ValueError(f"unknown methods {sorted(set(names) - set(out))}; available: {sorted(out)}")
+    return out
+
+
+def _peak_reset() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: reset the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float | None]:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up, and the peak memory (MiB)."""
+    fn()
+    times = []
+    _peak_reset()
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), _peak_mib(device)
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_")
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def run(
+    models: list[str],
+    batch_sizes: list[int],
+    repeats: int,
+    device: torch.device,
+    methods: list[str] | None,
+    seq_len: int,
+) -> pd.DataFrame:
+    rows = []
+    configs = method_configs(methods)
+    for model_name in models:
+        model, make = build_model(model_name, seq_len)
+        model.to(device=device, dtype=torch.float32)
+        for b in batch_sizes:
+            batch = model.batch_to(make(b))
+
+            def forward(model: ModelAdapter = model, batch: Batch = batch) -> None:
+                with torch.inference_mode():
+                    model.logits(batch.inputs)
+
+            fwd, fwd_mem = timed(forward, repeats, device)
+            log.info("%s b=%d forward %.3f s/img", model_name, b, fwd / b)
+            for name, cfg in configs.items():
+                method = instantiate(cfg)
+                if model.modality not in method.modalities:
+                    continue
+                try:
+                    sec, mem = timed(lambda m=method, x=model, bt=batch: m(x, bt, None), repeats, device)
+                except (NotImplementedError, TypeError, ValueError) as exc:
+                    log.warning("%s on %s skipped: %s", name, model_name, exc)
+                    continue
+                rows.append(
+                    {
+                        "model": model_name,
+                        "method": name,
+                        "batch": b,
+                        "device": device_label(device),
+                        "s_per_image": sec / b,
+                        "forward_s_per_image": fwd / b,
+                        "ratio": sec / fwd,
+                        "peak_mib": mem,
+                        "forward_peak_mib": fwd_mem,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+                log.info("%s b=%d %s %.3f s/img (%.2fx forward)", model_name, b, name, sec / b, sec / fwd)
+    return pd.DataFrame(rows)
+
+
+def write(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / device_label(device)
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    shown = frame[["model", "method", "batch", "s_per_image", "forward_s_per_image", "ratio", "peak_mib"]]
+    header = (
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {device_label(device)}; median of runs after a warm-up.\n\n"
+    )
+    stem.with_suffix(".md").write_text(header + to_markdown(shown) + "\n")
+    return stem.with_suffix(".md")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="vit_base,bert_base", help="comma list: vit_base, bert_base")
+    parser.add_argument("--batch-sizes", default="1,16", help="comma list of batch sizes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (after a warm-up)")
+    parser.add_argument("--methods", default="", help="comma list of conf/method names (default: all)")
+    parser.add_argument("--devices", default="cpu,cuda", help="devices to run on (cuda skipped if absent)")
+    parser.add_argument("--seq-len", type=int, default=256, help="BERT sequence length")
+    parser.add_argument("--out", default="results/bench", help="output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    for dev in [d for d in args.devices.split(",") if d]:
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            log.info("no CUDA device: skipping %s", dev)
+            continue
+        device = torch.device(dev)
+        frame = run(
+            [m for m in args.models.split(",") if m],
+            [int(b) for b in args.batch_sizes.split(",")],
+            args.repeats,
+            device,
+            [m for m in args.methods.split(",") if m] or None,
+            args.seq_len,
+        )
+        path = write(frame, Path(args.out), device)
+        print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
