@@ -9,6 +9,7 @@ STAMP := $(VENV)/.xaibench-installed
 LIMIT ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+DATA_ARGS ?=
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +40,9 @@ format: install ## Apply ruff format and safe fixes
 demo: install ## Run the default benchmark offline and print its table
 	$(BIN)/xaibench -m experiment=demo
 
+data: install ## Fetch gtsegs_ijcv.mat, ERASER movies and ViT-B/16 weights into $$XAIBENCH_DATA (~/.cache/xaibench/data)
+	$(BIN)/xaibench-data $(DATA_ARGS)
+
 bench: install ## Time every method vs a plain forward (vit_base, bert_base; CPU and CUDA) -> results/bench/
 	$(BIN)/python -m xaibench.perf $(BENCH_ARGS)
 
@@ -46,4 +50,4 @@ clean: ## Remove run outputs and caches of this checkout (not .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-.PHONY: help install test test-all lint format demo bench clean
+.PHONY: help install test test-all lint format demo data bench clean

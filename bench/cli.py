@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import xaibench.conf
+from xaibench.distributed import current_world
 from xaibench.loop import LoopConfig, atomic_write_text, run_job
 
 log = logging.getLogger("xaibench")
@@ -54,6 +55,7 @@ def loop_config(cfg: DictConfig) -> LoopConfig:
         target=str(cfg.target),
         num_workers=int(cfg.num_workers),
         save_examples=int(cfg.save_examples),
+        cache_dir=None if cfg.get("cache_dir") is None else str(cfg.cache_dir),
     )
 
 
@@ -65,7 +67,8 @@ def run_from_config(cfg: DictConfig, out_dir: Path, overrides: list[str] | None 
     metrics = {name: instantiate(spec) for name, spec in (cfg.get("metrics") or {}).items()}
     choices = _choices()
     meta = {"overrides": list(overrides or []), "choices": choices}
-    return run_job(dataset, model, method, metrics, out_dir, loop_config(cfg), meta=meta)
+    identity = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "model", "method")}
+    return run_job(dataset, model, method, metrics, out_dir, loop_config(cfg), meta=meta, identity=identity)
 
 
 def _choices() -> dict[str, Any]:
@@ -82,12 +85,15 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    # under torchrun only rank 0 writes records and logs to MLflow
+    main_rank = current_world().is_main
+    logger = instantiate(cfg.logger) if cfg.get("logger") and main_rank else None
     try:
         record = run_from_config(cfg, out_dir, overrides)
     except Exception as exc:  # recorded, then re-raised so the sweep (or the process) fails visibly
         cause = _root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
+        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
             out_dir / "error.json", json.dumps({"status": "failed", "error": message, "overrides": overrides}, indent=2)
         )

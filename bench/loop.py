@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from xaibench.types import AttributionMethod, DatasetAdapter, MetricRunner, ModelAdapter
+from xaibench import distributed
+from xaibench.types import Attribution, AttributionMethod, DatasetAdapter, MetricRunner, ModelAdapter, merge_states
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class LoopConfig:
         target: explain the ``predicted`` class or the ground-truth ``label``.
         num_workers: DataLoader worker processes.
         save_examples: heatmaps of the first N images saved to ``examples.npz`` (for figures).
+        cache_dir: root of the attribution cache (``None``: no cache). Maps are stored per model, weights,
+            method and its parameters, dataset, target mode and precision; a restarted job reuses every
+            finished sample and a changed configuration never reuses old maps.
     """
 
     device: str = "auto"
@@ -57,6 +61,7 @@ class LoopConfig:
     target: str = "predicted"
     num_workers: int = 0
     save_examples: int = 4
+    cache_dir: str | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -152,27 +157,103 @@ def run_job(
     out_dir: str | Path,
     config: LoopConfig = LoopConfig(),
     meta: Mapping[str, Any] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one job and write ``scores.csv`` and ``metrics.json`` into ``out_dir``.
+
+    Args:
+        identity: what identifies the dataset, model and method for the attribution cache (the CLI passes
+            their resolved configs); by default derived from the objects' public attributes.
 
     Returns:
         The content of ``metrics.json``: ``{"metrics": {runner: {...}}, "job": {...}}``.
     """
     check_compatible(dataset, model, method, metrics, config)
+    world = distributed.current_world()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dtype = PRECISIONS[config.precision]
     if dtype in (torch.bfloat16, torch.float16) and device.type != "cuda":
         raise ValueError(f"precision={config.precision} is supported on CUDA only; use float32 or float64 on CPU")
-    model.to(device=device, dtype=dtype)
     for metric in metrics.values():
         metric.reset()
+        if world.size > 1:
+            metric.state()  # raises NotImplementedError before any compute if it cannot merge shards
+    device = distributed.init(world, device)
+    model.to(device=device, dtype=dtype)
 
     n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
+    started = time.perf_counter()
+    cache = _open_cache(config, dataset, model, method, identity)
+    try:
+        rows, examples, stats = _evaluate(dataset, model, method, metrics, config, world.shard(n), device, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+    # merge the shards (a no-op in a single process): rows in dataset order, metric states added
+    rows = sorted((r for part in distributed.gather(rows, world) for r in part), key=lambda r: r["_index"])
+    examples = sorted((e for part in distributed.gather(examples, world) for e in part), key=lambda e: e["index"])
+    if world.size > 1:
+        merged = distributed.gather({name: m.state() for name, m in metrics.items()}, world)
+        for name, metric in metrics.items():
+            metric.load_state(merge_states([part[name] for part in merged]))
+    for row in rows:
+        del row["_index"]
+
+    labels = [r["label"] for r in rows]
+    hits = [r["predicted"] == r["label"] for r in rows if r["label"] >= 0]
+    record = {
+        "metrics": {name: metric.compute() for name, metric in metrics.items()},
+        "job": {
+            "dataset": dataset.name,
+            "model": model.name,
+            "method": method.name,
+            "target": config.target,
+            "precision": config.precision,
+            "device": device.type,
+            "n": len(rows),
+            "n_available": len(dataset),
+            "partial": n < len(dataset),
+            "top1_accuracy": (sum(hits) / len(hits)) if hits else None,
+            "labelled": sum(lab >= 0 for lab in labels),
+            "weights_sha256_16": model.weights_hash(),
+            "seed": config.seed,
+            **dict(meta or {}),
+        },
+    }
+    stats = {k: sum(part[k] for part in distributed.gather(stats, world)) for k in stats}
+    if not world.is_main:
+        return record
+    out.mkdir(parents=True, exist_ok=True)
+    timing = {"seconds": time.perf_counter() - started, "world_size": world.size, **stats}
+    # timings live apart from the records so two identical runs give byte-identical records
+    atomic_write_text(out / "timing.json", json.dumps(timing, indent=2))
+    atomic_write_text(out / "scores.csv", rows_to_csv(rows))
+    if examples:
+        _save_examples(out / "examples.npz", examples[: config.save_examples], method.name)
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2, sort_keys=True, default=_json_default))
+    log.info("wrote %s (%d samples)", out / "metrics.json", len(rows))
+    return record
+
+
+def _evaluate(
+    dataset: DatasetAdapter,
+    model: ModelAdapter,
+    method: AttributionMethod,
+    metrics: Mapping[str, MetricRunner],
+    config: LoopConfig,
+    indices: range,
+    device: torch.device,
+    cache: Any = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+    """Attribute (or read from ``cache``) and score the samples at ``indices``.
+
+    Rows carry their dataset index as ``_index``; the stats count computed and cached attributions.
+    """
     loader = DataLoader(
-        Subset(dataset, range(n)),
+        Subset(dataset, indices),
         batch_size=config.batch_size,
         shuffle=False,
         collate_fn=model.collate,
@@ -181,18 +262,33 @@ def run_job(
     )
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    attribution_seconds = 0.0
+    stats = {"attribution_seconds": 0.0, "attributions_computed": 0, "attributions_cached": 0}
+    position = iter(indices)
     for batch in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
         batch = model.batch_to(batch)
+        batch_index = [next(position) for _ in batch.ids]
         target = batch.labels if config.target == "label" else None
-        t0 = time.perf_counter()
-        attribution = method(model, batch, target)
-        attribution_seconds += time.perf_counter() - t0
+        attribution = cache.get_batch(batch.ids) if cache is not None else None
+        if attribution is not None:
+            attribution = Attribution(
+                maps=attribution.maps.to(device),
+                targets=attribution.targets.to(device),
+                logits=attribution.logits.to(device),
+                level=attribution.level,
+            )
+            stats["attributions_cached"] += len(batch)
+        else:
+            t0 = time.perf_counter()
+            attribution = method(model, batch, target)
+            stats["attribution_seconds"] += time.perf_counter() - t0
+            stats["attributions_computed"] += len(batch)
+            if cache is not None:
+                cache.put(batch.ids, attribution)
         predicted = attribution.logits.argmax(dim=-1).cpu()
         batch_rows = [
-            {"id": sid, "label": int(lab), "target": int(tgt), "predicted": int(pred)}
-            for sid, lab, tgt, pred in zip(
+            {"_index": i, "id": sid, "label": int(lab), "target": int(tgt), "predicted": int(pred)}
+            for i, sid, lab, tgt, pred in zip(
+                batch_index,
                 batch.ids,
                 batch.labels.cpu().tolist(),
                 attribution.targets.cpu().tolist(),
@@ -208,38 +304,46 @@ def run_job(
                 row.update({f"{name}/{k}": v for k, v in extra.items()})
         rows.extend(batch_rows)
         if batch.images is not None and len(examples) < config.save_examples:
-            examples.extend(_examples(batch, attribution, config.save_examples - len(examples)))
+            found = _examples(batch, attribution, config.save_examples - len(examples))
+            examples.extend({**e, "index": batch_index[j]} for j, e in enumerate(found))
+    return rows, examples, stats
 
-    labels = [r["label"] for r in rows]
-    hits = [r["predicted"] == r["label"] for r in rows if r["label"] >= 0]
-    record = {
-        "metrics": {name: metric.compute() for name, metric in metrics.items()},
-        "job": {
-            "dataset": dataset.name,
-            "model": model.name,
-            "method": method.name,
-            "target": config.target,
-            "precision": config.precision,
-            "device": str(device),
-            "n": len(rows),
-            "n_available": len(dataset),
-            "partial": n < len(dataset),
-            "top1_accuracy": (sum(hits) / len(hits)) if hits else None,
-            "labelled": sum(lab >= 0 for lab in labels),
-            "weights_sha256_16": model.weights_hash(),
-            "seed": config.seed,
-            **dict(meta or {}),
-        },
+
+def describe(obj: Any) -> dict[str, Any]:
+    """A JSON-like identity of a dataset, model or method: its class and simple public attributes."""
+    out: dict[str, Any] = {"_target_": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    for key, value in sorted(vars(obj).items()):
+        if key.startswith("_") or key in ("model",):
+            continue
+        if isinstance(value, (str, int, float, bool, type(None), Path)):
+            out[key] = str(value) if isinstance(value, Path) else value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            out[key] = list(value)
+    return out
+
+
+def _open_cache(
+    config: LoopConfig,
+    dataset: DatasetAdapter,
+    model: ModelAdapter,
+    method: AttributionMethod,
+    identity: Mapping[str, Any] | None,
+) -> Any:
+    if config.cache_dir is None:
+        return None
+    from xaibench.cache import AttributionCache
+
+    ident = dict(identity or {})
+    key = {
+        "model": model.name,
+        "weights": model.weights_hash(),
+        "model_config": ident.get("model", describe(model)),
+        "method": {"name": method.name, **ident.get("method", describe(method))},
+        "dataset": ident.get("dataset", describe(dataset)),
+        "target": config.target,
+        "precision": config.precision,
     }
-    timing = {"seconds": time.perf_counter() - started, "attribution_seconds": attribution_seconds}
-    # timings live apart from the records so two identical runs give byte-identical records
-    atomic_write_text(out / "timing.json", json.dumps(timing, indent=2))
-    atomic_write_text(out / "scores.csv", rows_to_csv(rows))
-    if examples:
-        _save_examples(out / "examples.npz", examples, method.name)
-    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2, sort_keys=True, default=_json_default))
-    log.info("wrote %s (%d samples)", out / "metrics.json", len(rows))
-    return record
+    return AttributionCache(AttributionCache.path_for(Path(config.cache_dir).expanduser(), key), key)
 
 
 def _examples(batch: Any, attribution: Any, count: int) -> list[dict[str, Any]]:

@@ -223,3 +223,34 @@ class MetricRunner(ABC):
 
     @abstractmethod
     def reset(self) -> None: ...
+
+    def state(self) -> dict[str, Any]:
+        """The additive statistics behind ``compute()`` (numbers and lists of numbers).
+
+        States of shards are merged by adding them leaf by leaf (:func:`merge_states`) and loaded back
+        with :meth:`load_state`, so a data-parallel run gives the single-process numbers.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support merging shards")
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support merging shards")
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add metric states leaf by leaf: numbers add, lists add elementwise, nested mappings recurse."""
+
+    def add(a: Any, b: Any) -> Any:
+        if isinstance(a, Mapping):
+            return {k: add(a[k], b[k]) for k in a}
+        if isinstance(a, (list, tuple)):
+            if len(a) != len(b):
+                raise ValueError(f"cannot merge metric states of different lengths {len(a)} and {len(b)}")
+            return [add(x, y) for x, y in zip(a, b, strict=True)]
+        return a + b
+
+    if not states:
+        raise ValueError("no metric states to merge")
+    merged: Any = states[0]
+    for other in states[1:]:
+        merged = add(merged, other)
+    return dict(merged)

@@ -40,10 +40,17 @@ def select_logit(logits: torch.Tensor, target: torch.Tensor | None) -> tuple[tor
     return target, logits.gather(1, target[:, None]).sum()
 
 
-def minmax(x: torch.Tensor, dims: tuple[int, ...], constant_map: str) -> torch.Tensor:
-    """Min-max scale each sample to [0, 1] over ``dims``; a constant sample becomes 0 or NaN."""
-    lo = x.amin(dim=dims, keepdim=True)
-    hi = x.amax(dim=dims, keepdim=True)
+def minmax(
+    x: torch.Tensor, dims: tuple[int, ...], constant_map: str, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Min-max scale each sample to [0, 1] over ``dims`` (and only the ``valid`` entries, if given);
+    a constant sample becomes 0 or NaN."""
+    if valid is None:
+        lo, hi = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    else:
+        inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+        lo = torch.where(valid, x, inf).amin(dim=dims, keepdim=True)
+        hi = torch.where(valid, x, -inf).amax(dim=dims, keepdim=True)
     span = hi - lo
     if constant_map == "nan":  # the reference's 0/0
         return (x - lo) / span
@@ -169,8 +176,15 @@ class AttnGradCAM(AttributionMethod):
             maps = model.token_map(row)
             maps = minmax(maps, tuple(range(1, maps.dim())), self.constant_map)
         else:
-            w = grad.mean(dim=(-2, -1))[:, :, None, None]  # [B, h, 1, 1]
-            cam = (w * a).mean(dim=1).clamp(min=0)  # [B, n, n]
-            cam = minmax(cam, (1, 2), self.constant_map)
+            # average and scale over real (query, key) pairs only, so padding never changes a map
+            mask_of = getattr(model, "token_mask", None)
+            valid = (
+                mask_of(batch.inputs) if mask_of is not None else torch.ones(a.shape[0], a.shape[-1], dtype=torch.bool)
+            )
+            valid = valid.to(a.device)
+            pair = valid[:, :, None] & valid[:, None, :]  # [B, n, n]
+            w = (grad * pair[:, None]).sum(dim=(-2, -1)) / pair.sum(dim=(-2, -1))[:, None]  # [B, h]
+            cam = (w[:, :, None, None] * a).mean(dim=1).clamp(min=0)  # [B, n, n]
+            cam = minmax(cam, (1, 2), self.constant_map, valid=pair)
             maps = model.token_map(cam[:, 0, :])
         return Attribution(maps=maps, targets=targets.detach(), logits=logits.detach())

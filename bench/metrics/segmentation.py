@@ -107,6 +107,12 @@ class Segmentation(MetricRunner):
             "nan_maps": self.nan_maps,
         }
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.correct, self.labeled = int(state["correct"]), int(state["labeled"])
+        self.inter = np.asarray(state["inter"], dtype=np.int64)
+        self.union = np.asarray(state["union"], dtype=np.int64)
+        self.ap_sum, self.n, self.nan_maps = float(state["ap_sum"]), int(state["n"]), int(state["nan_maps"])
+
     def compute(self) -> dict[str, Any]:
         if self.n == 0:
             raise ValueError("segmentation metric computed over zero images")

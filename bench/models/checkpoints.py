@@ -14,7 +14,10 @@ _IGNORABLE_SUFFIXES = ("position_ids",)
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (expected a .pt/.pth state dict or .safetensors)")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found (expected a .pt/.pth state dict or .safetensors; `make data` fetches "
+            "the ViT-B/16 weights)"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -176,3 +176,59 @@ def test_cuda_job_matches_cpu(tmp_path) -> None:
     )
     assert cpu["metrics"]["segmentation"]["total_inter"] == gpu["metrics"]["segmentation"]["total_inter"]
     assert torch.cuda.is_available()
+
+
+class _Flaky(AttributionMethod):
+    """Rollout that counts the samples it explains and can fail on a given call (a killed run)."""
+
+    name = "rollout"
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.inner, self.calls, self.samples, self.fail_on_call = Rollout(), 0, 0, fail_on_call
+
+    def __call__(self, model, batch, target):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt("simulated kill")
+        self.samples += len(batch)
+        return self.inner(model, batch, target)
+
+
+def test_interrupted_run_resumes_from_the_cache(tmp_path) -> None:
+    ds = SyntheticShapes(size=10, image_size=32)
+    config = LoopConfig(device="cpu", batch_size=3, cache_dir=str(tmp_path / "cache"))
+    ident = {"method": {"start_layer": 0}}
+    run_job(
+        ds,
+        tiny_vit(),
+        Rollout(),
+        {"segmentation": Segmentation()},
+        tmp_path / "clean",
+        LoopConfig(device="cpu", batch_size=3),
+    )
+    flaky = _Flaky(fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(ds, tiny_vit(), flaky, {"segmentation": Segmentation()}, tmp_path / "resumed", config, identity=ident)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    assert flaky.samples == 6
+    again = _Flaky()
+    run_job(ds, tiny_vit(), again, {"segmentation": Segmentation()}, tmp_path / "resumed", config, identity=ident)
+    assert again.samples == 4  # only the missing samples are attributed
+    for f in ("metrics.json", "scores.csv"):
+        assert (tmp_path / "clean" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes()
+    timing = json.loads((tmp_path / "resumed" / "timing.json").read_text())
+    assert timing["attributions_cached"] == 6 and timing["attributions_computed"] == 4
+    rerun = _Flaky()
+    run_job(ds, tiny_vit(), rerun, {"segmentation": Segmentation()}, tmp_path / "third", config, identity=ident)
+    assert rerun.calls == 0  # a finished job is entirely served from the cache
+    other = _Flaky()
+    run_job(
+        ds,
+        tiny_vit(),
+        other,
+        {"segmentation": Segmentation()},
+        tmp_path / "other",
+        config,
+        identity={"method": {"start_layer": 1}},
+    )
+    assert other.samples == 10  # a changed method config never reuses old maps

@@ -1,0 +1,240 @@
+"""ERASER soft-score and faithfulness metrics for text (DeYoung et al., ACL 2020, §4).
+
+* :class:`TokenAUPRC` — soft per-word scores against the human rationale tokens: per document the area
+  under the precision-recall curve (ERASER ``_auprc``: ``auc(recall, precision)`` of sklearn's
+  ``precision_recall_curve``) and the average precision (``average_precision_score``), averaged over
+  documents. Documents whose tokens are all or none rationale have no PR curve and are skipped
+  (counted in ``num_skipped``), as ERASER's ``discard_single_class_answers``.
+* :class:`AOPC` — comprehensiveness and sufficiency with ERASER's bins (1, 5, 10, 20, 50 % of the words):
+  for bin ``q`` the top ``⌈q·n⌉`` words by score are removed (comprehensiveness,
+  ``p_c(x) − p_c(x \\ r_q)``, higher is better) or kept alone in their original order (sufficiency,
+  ``p_c(x) − p_c(r_q)``, lower is better), where ``c`` is the class predicted on the full document and
+  ``p`` the softmax probability. AOPC is the mean over bins (ERASER ``_instances_aopc``). The edited
+  documents are re-tokenised by the model adapter, so removal works on words, not word-pieces.
+
+Per-word scores are the max over a word's word-pieces (:func:`xaibench.text.word_scores`); words without
+a score (beyond the model's truncation) rank below every scored word and are never removed or kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from xaibench.metrics.token_f1 import rationale_tokens
+from xaibench.text import top_k_words, word_scores
+from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter, Sample
+
+#: ERASER's AOPC bins (fractions of the document's tokens)
+ERASER_BINS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
+
+
+def _scores(batch: Batch, attribution: Attribution, metric: str) -> torch.Tensor:
+    extras = batch.extras
+    for key in ("word_index", "num_words", "words"):
+        if key not in extras:
+            raise ValueError(f"{metric} needs batch.extras[{key!r}] (built by a text model adapter's collate)")
+    if attribution.level != "tokens":
+        raise ValueError(f"{metric} scores word-piece maps (level='tokens'), got level={attribution.level!r}")
+    return word_scores(attribution.maps.detach(), extras["word_index"], extras["num_words"]).to("cpu", torch.float64)
+
+
+class TokenAUPRC(MetricRunner):
+    """ERASER soft token scoring: AUPRC and average precision of per-word scores vs. rationale tokens."""
+
+    name: ClassVar[str] = "token_auprc"
+    requires: ClassVar[frozenset[str]] = frozenset({"rationale"})
+    modalities: ClassVar[frozenset[str]] = frozenset({"text"})
+    higher_is_better: ClassVar[Mapping[str, bool]] = {"auprc": True, "average_precision": True}
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums = torch.zeros(4, dtype=torch.float64)  # Σauprc, Σap, n_docs, n_skipped
+
+    def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]:
+        """One row per document: ``auprc`` and ``average_precision`` (NaN when skipped).
+
+        Args:
+            batch: text batch with ``extras["rationales"]``.
+            attribution: ``maps`` ``[B, T]`` over word-pieces.
+        """
+        from sklearn.metrics import auc, average_precision_score, precision_recall_curve
+
+        scores = _scores(batch, attribution, self.name)
+        rows = []
+        for i, sample_id in enumerate(batch.ids):
+            spans = batch.extras["rationales"][i]
+            if spans is None:
+                raise ValueError(f"sample {sample_id} has no rationale; token_auprc needs human rationales")
+            n = int(batch.extras["num_words"][i])
+            truth = np.zeros(n, dtype=np.int64)
+            truth[sorted(t for t in rationale_tokens(spans) if t < n)] = 1
+            s = scores[i, :n].numpy().copy()
+            scored = ~np.isnan(s)
+            # unscored words (truncated away) rank below every scored word
+            s[~scored] = (s[scored].min() - 1.0) if scored.any() else 0.0
+            if truth.all() or not truth.any():
+                self._sums[3] += 1
+                rows.append({"auprc": float("nan"), "average_precision": float("nan")})
+                continue
+            precision, recall, _ = precision_recall_curve(truth, s)
+            area = float(auc(recall, precision))
+            ap = float(average_precision_score(truth, s))
+            self._sums += torch.tensor([area, ap, 1.0, 0.0], dtype=torch.float64)
+            rows.append({"auprc": area, "average_precision": ap})
+        return rows
+
+    def compute(self) -> dict[str, Any]:
+        area, ap, n, skipped = self._sums.tolist()
+        return {
+            "auprc": area / n if n else float("nan"),
+            "average_precision": ap / n if n else float("nan"),
+            "num_docs": int(n),
+            "num_skipped": int(skipped),
+        }
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``{"sums": [4]}`` float64: Σauprc, Σap, documents scored, documents skipped."""
+        return {"sums": self._sums.clone()}
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the sums by a (merged) :meth:`state`."""
+        sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
+        if sums.shape != self._sums.shape:
+            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
+        self._sums = sums
+
+    def merge(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._sums += torch.as_tensor(state["sums"], dtype=torch.float64)
+
+
+class AOPC(MetricRunner):
+    """ERASER comprehensiveness and sufficiency, per bin and as AOPC (mean over bins).
+
+    Args:
+        bins: fractions of each document's words to remove/keep (ERASER: 1, 5, 10, 20, 50 %).
+        target: ``predicted`` (ERASER: the class predicted on the full document) or ``explained``
+            (the attribution's target class).
+        clamp_min: clamp scores before ranking (``None``: rank the raw scores; 0 ranks like token-F1).
+    """
+
+    name: ClassVar[str] = "aopc"
+    modalities: ClassVar[frozenset[str]] = frozenset({"text"})
+    needs_model: ClassVar[bool] = True
+    higher_is_better: ClassVar[Mapping[str, bool]] = {
+        "aopc_comprehensiveness": True,
+        "aopc_sufficiency": False,
+        **{f"comprehensiveness@{q:g}": True for q in ERASER_BINS},
+        **{f"sufficiency@{q:g}": False for q in ERASER_BINS},
+    }
+
+    def __init__(
+        self,
+        bins: Sequence[float] = ERASER_BINS,
+        target: Literal["predicted", "explained"] = "predicted",
+        clamp_min: float | None = None,
+    ) -> None:
+        bins = tuple(float(q) for q in bins)
+        if not bins or any(not 0.0 < q <= 1.0 for q in bins):
+            raise ValueError(f"bins must be fractions in (0, 1], got {list(bins)}")
+        if target not in ("predicted", "explained"):
+            raise ValueError(f"target must be 'predicted' or 'explained', got {target!r}")
+        self.bins = bins
+        self.target = target
+        self.clamp_min = clamp_min
+        if bins != ERASER_BINS:
+            self.higher_is_better = {
+                "aopc_comprehensiveness": True,
+                "aopc_sufficiency": False,
+                **{f"comprehensiveness@{q:g}": True for q in bins},
+                **{f"sufficiency@{q:g}": False for q in bins},
+            }
+        self.reset()
+
+    def reset(self) -> None:
+        # rows: bins; columns: Σ comprehensiveness, Σ sufficiency; plus the document count
+        self._sums = torch.zeros(len(self.bins), 2, dtype=torch.float64)
+        self._count = torch.zeros((), dtype=torch.float64)
+
+    @staticmethod
+    def _probs(model: ModelAdapter, batch: Batch) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = model.logits(model.batch_to(batch).inputs)
+        return torch.softmax(logits.to(torch.float64), dim=-1).cpu()
+
+    def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]:
+        """Two extra forward passes per bin (edited documents, batched); one row per document."""
+        scores = _scores(batch, attribution, self.name)
+        words: Sequence[Sequence[str]] = batch.extras["words"]
+        probs = self._probs(model, batch)  # [B, C]
+        if self.target == "predicted":
+            classes = probs.argmax(dim=-1)
+        else:
+            classes = attribution.targets.detach().cpu().long()
+        full = probs.gather(1, classes[:, None])[:, 0]
+        comp = torch.zeros(len(batch), len(self.bins), dtype=torch.float64)
+        suff = torch.zeros_like(comp)
+        for j, q in enumerate(self.bins):
+            removed, kept = [], []
+            for i, sample_id in enumerate(batch.ids):
+                doc = list(words[i])
+                k = max(1, math.ceil(q * len(doc))) if doc else 0
+                top = set(top_k_words(scores[i, : len(doc)], k, clamp_min=self.clamp_min).tolist())
+                removed.append(Sample(id=sample_id, words=tuple(w for t, w in enumerate(doc) if t not in top)))
+                kept.append(Sample(id=sample_id, words=tuple(w for t, w in enumerate(doc) if t in top)))
+            p_removed = self._probs(model, model.collate(removed)).gather(1, classes[:, None])[:, 0]
+            p_kept = self._probs(model, model.collate(kept)).gather(1, classes[:, None])[:, 0]
+            comp[:, j] = full - p_removed
+            suff[:, j] = full - p_kept
+        self._sums[:, 0] += comp.sum(dim=0)
+        self._sums[:, 1] += suff.sum(dim=0)
+        self._count += len(batch)
+        rows = []
+        for i in range(len(batch)):
+            row: dict[str, Any] = {
+                "class": int(classes[i]),
+                "prob": float(full[i]),
+                "aopc_comprehensiveness": float(comp[i].mean()),
+                "aopc_sufficiency": float(suff[i].mean()),
+            }
+            for j, q in enumerate(self.bins):
+                row[f"comprehensiveness@{q:g}"] = float(comp[i, j])
+                row[f"sufficiency@{q:g}"] = float(suff[i, j])
+            rows.append(row)
+        return rows
+
+    def compute(self) -> dict[str, Any]:
+        n = float(self._count)
+        if not n:
+            return {"aopc_comprehensiveness": float("nan"), "aopc_sufficiency": float("nan"), "num_docs": 0}
+        means = self._sums / n
+        out: dict[str, Any] = {
+            "aopc_comprehensiveness": float(means[:, 0].mean()),
+            "aopc_sufficiency": float(means[:, 1].mean()),
+        }
+        for j, q in enumerate(self.bins):
+            out[f"comprehensiveness@{q:g}"] = float(means[j, 0])
+            out[f"sufficiency@{q:g}"] = float(means[j, 1])
+        out["num_docs"] = int(n)
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """``{"sums": [len(bins), 2], "count": []}`` float64."""
+        return {"sums": self._sums.clone(), "count": self._count.clone()}
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace the sums by a (merged) :meth:`state`."""
+        sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
+        if sums.shape != self._sums.shape:
+            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
+        self._sums = sums
+
+    def merge(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._sums += torch.as_tensor(state["sums"], dtype=torch.float64)
+        self._count += torch.as_tensor(state["count"], dtype=torch.float64)

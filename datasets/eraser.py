@@ -1,0 +1,162 @@
+"""ERASER Movie Reviews (DeYoung et al., ACL 2020) in the official ERASER layout.
+
+Layout (``movies.tar.gz`` from eraserbenchmark.com)::
+
+    root/docs/<docid>            one review; sentences separated by newlines, tokens by spaces
+    root/{train,val,test}.jsonl  one annotation per line: annotation_id, classification (NEG/POS),
+                                 evidences = list of evidence groups, each a list of
+                                 {docid, start_token, end_token (exclusive), start_sentence, ...}
+
+``root/docs.jsonl`` (``{"docid", "document"}`` per line) is read instead when ``root/docs/`` is absent.
+A sample's words are the whitespace split of its document (the token indices of the evidence spans refer
+to it), its label the class index, its rationale every evidence span of every group (REFERENCE §6:
+``Rationale.from_annotation`` → ``to_token_level``). Movie reviews have one document per annotation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xaibench.types import DatasetAdapter, Sample
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file, naming the line of a parse error."""
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object per line")
+            rows.append(row)
+    return rows
+
+
+class EraserMovies(DatasetAdapter):
+    """ERASER Movie Reviews (or any single-document ERASER classification task).
+
+    Args:
+        root: directory with ``docs/`` and ``{train,val,test}.jsonl``.
+        split: ``train``, ``val`` or ``test`` (the reference evaluates ``test``).
+        classes: class names in label order; the annotation's ``classification`` is looked up here
+            (movies: ``NEG`` = 0, ``POS`` = 1).
+        limit: keep only the first ``limit`` annotations (quick runs).
+
+    Raises:
+        FileNotFoundError: the split file or a referenced document is missing.
+        ValueError: an unknown class, an evidence span outside its document, an annotation with evidence
+            in several documents.
+    """
+
+    modality = "text"
+    provides = frozenset({"label", "rationale"})
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        classes: Sequence[str] = ("NEG", "POS"),
+        limit: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split = split
+        self.classes = tuple(classes)
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"classes must be distinct names, got {list(self.classes)}")
+        path = self.root / f"{split}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ERASER split file {path} not found (expected the ERASER layout root/docs/<docid> and "
+                "root/{train,val,test}.jsonl, e.g. the extracted movies.tar.gz from eraserbenchmark.com)"
+            )
+        annotations = read_jsonl(path)
+        if limit is not None:
+            annotations = annotations[: int(limit)]
+        self._docs = self._doc_reader()
+        self._samples = [self._parse(a, path, i) for i, a in enumerate(annotations)]
+
+    def _doc_reader(self) -> dict[str, list[str]] | None:
+        """``None``: read ``docs/<docid>`` per document; else all of ``docs.jsonl``, split into words."""
+        if (self.root / "docs").is_dir():
+            return None
+        flat = self.root / "docs.jsonl"
+        if flat.is_file():
+            return {str(r["docid"]): str(r["document"]).split() for r in read_jsonl(flat)}
+        raise FileNotFoundError(
+            f"no documents under {self.root}: expected a docs/ directory (one file per docid) or docs.jsonl"
+        )
+
+    def _words(self, docid: str) -> list[str]:
+        if self._docs is not None:
+            if docid not in self._docs:
+                raise FileNotFoundError(f"document {docid!r} is not in {self.root / 'docs.jsonl'}")
+            return self._docs[docid]
+        path = self.root / "docs" / docid
+        if not path.is_file():
+            raise FileNotFoundError(f"document {path} not found (referenced by {self.split}.jsonl)")
+        return path.read_text(encoding="utf-8").split()
+
+    def _parse(self, ann: dict[str, Any], path: Path, line: int) -> Sample:
+        where = f"{path} annotation {line + 1}"
+        try:
+            ann_id = str(ann["annotation_id"])
+            label_name = ann["classification"]
+        except KeyError as exc:
+            raise ValueError(f"{where}: missing field {exc.args[0]!r}") from None
+        if label_name not in self.classes:
+            raise ValueError(
+                f"{where} ({ann_id}): unknown class {label_name!r}; supported classes are {list(self.classes)} "
+                "(set `classes` to the task's label names)"
+            )
+        evidences = [ev for group in ann.get("evidences") or [] for ev in group]
+        docids = {str(ev.get("docid", ann_id)) for ev in evidences}
+        if len(docids) > 1:
+            raise ValueError(
+                f"{where} ({ann_id}): evidence in several documents {sorted(docids)}; only single-document "
+                "tasks such as movie reviews are supported"
+            )
+        docid = docids.pop() if docids else str((ann.get("docids") or [ann_id])[0])
+        words = self._words(docid)
+        spans = []
+        for ev in evidences:
+            start, end = int(ev["start_token"]), int(ev["end_token"])
+            if not 0 <= start < end <= len(words):
+                raise ValueError(
+                    f"{where} ({ann_id}): evidence span [{start}, {end}) is outside document {docid!r} of "
+                    f"{len(words)} words (end_token is exclusive)"
+                )
+            spans.append((start, end))
+        return Sample(
+            id=ann_id,
+            label=self.classes.index(label_name),
+            words=tuple(words),
+            rationale=tuple(spans),
+        )
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._samples[index]
+
+    @property
+    def name(self) -> str:
+        return f"eraser_{self.root.name}_{self.split}"
+
+    def class_names(self) -> Sequence[str]:
+        return self.classes
