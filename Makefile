@@ -37,8 +37,8 @@ format: install ## Apply ruff format and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-demo: install ## Run the default benchmark offline and print its table
-	$(BIN)/xaibench -m experiment=demo
+demo: install ## Run the default benchmarks (image and text) offline and print their tables
+	$(BIN)/xaibench
 
 data: install ## Fetch gtsegs_ijcv.mat, ERASER movies and ViT-B/16 weights into $$XAIBENCH_DATA (~/.cache/xaibench/data)
 	$(BIN)/xaibench-data $(DATA_ARGS)

@@ -32,8 +32,34 @@ CONF_DIR = str(Path(xaibench.conf.__file__).resolve().parent)
 ROOT_DIR = str(Path(CONF_DIR).parent)
 if not OmegaConf.has_resolver("xaibench_root"):
     OmegaConf.register_new_resolver("xaibench_root", lambda: ROOT_DIR)
+if not OmegaConf.has_resolver("xaibench_parallel_jobs"):
+    OmegaConf.register_new_resolver("xaibench_parallel_jobs", lambda: _parallel_jobs())
 if not OmegaConf.has_resolver("abspath"):
     OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
+
+
+def _parallel_jobs() -> int:
+    """One parallel job per visible GPU; without GPUs, one per two CPU cores."""
+    import torch
+
+    return torch.cuda.device_count() or max(1, (os.cpu_count() or 2) // 2)
+
+
+def job_device(device: str) -> str:
+    """``per_job``: sweep job k runs on ``cuda:(k mod #GPUs)`` (CPU without GPUs); others unchanged."""
+    if device != "per_job":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    if not count:
+        return "cpu"
+    try:
+        num = int(HydraConfig.get().job.num)
+    except (ValueError, TypeError):
+        num = 0
+    return f"cuda:{num % count}"
+
 
 #: errors that describe bad user input: reported as one line, not a traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
@@ -47,7 +73,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def loop_config(cfg: DictConfig) -> LoopConfig:
     return LoopConfig(
-        device=str(cfg.device),
+        device=job_device(str(cfg.device)),
         precision=str(cfg.precision),
         batch_size=int(cfg.batch_size),
         limit=None if cfg.limit is None else int(cfg.limit),
@@ -60,15 +86,24 @@ def loop_config(cfg: DictConfig) -> LoopConfig:
 
 
 def run_from_config(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Instantiate the configured pieces and run one job into ``out_dir``."""
+    """Run one job into ``out_dir``, or reuse the records of a finished job with the same config."""
+    from xaibench import records
+
+    job_hash = records.config_hash(cfg)
+    prior = None if cfg.get("force") else records.find_complete(cfg.paths.output_dir, job_hash)
+    if prior is not None:
+        return records.reuse(prior, out_dir)
     dataset = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
     method = instantiate(cfg.method)
     metrics = {name: instantiate(spec) for name, spec in (cfg.get("metrics") or {}).items()}
     choices = _choices()
-    meta = {"overrides": list(overrides or []), "choices": choices}
+    meta = {"overrides": list(overrides or []), "choices": choices, "config_hash": job_hash}
     identity = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "model", "method")}
-    return run_job(dataset, model, method, metrics, out_dir, loop_config(cfg), meta=meta, identity=identity)
+    record = run_job(dataset, model, method, metrics, out_dir, loop_config(cfg), meta=meta, identity=identity)
+    if current_world().is_main:
+        records.register(cfg.paths.output_dir, job_hash, out_dir)
+    return record
 
 
 def _choices() -> dict[str, Any]:
@@ -107,14 +142,24 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
             sys.exit(f"xaibench: error: {message}")
         raise
     if logger is not None:
-        logger.log_job(cfg, out_dir, record, overrides=overrides)
+        try:
+            logger.log_job(cfg, out_dir, record, overrides=overrides)
+        except Exception as exc:  # the records on disk are the source of truth; never lose them to the mirror
+            log.error("MLflow mirror failed (records are in %s): %s: %s", out_dir, type(exc).__name__, exc)
     return record
 
 
+DEMOS = ("experiment=demo", "experiment=demo_text")
+
+
 def main() -> None:
-    """Console entry point: ``xaibench [hydra overrides]``; no arguments runs the demo benchmark."""
+    """Console entry point: ``xaibench [hydra overrides]``; no arguments runs the demo benchmarks
+    (the image sweep, then the text sweep), each in its own process."""
     if len(sys.argv) == 1:
-        sys.argv += ["-m", "experiment=demo"]
+        import subprocess
+
+        codes = [subprocess.call([sys.executable, "-m", "xaibench", "-m", demo]) for demo in DEMOS]
+        sys.exit(max(codes))
     task()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Mapping
@@ -37,6 +38,11 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
+
+
+def metric_name(key: str) -> str:
+    """An MLflow-legal metric name (``token_f1.micro_f1@10`` -> ``token_f1.micro_f1_at_10``)."""
+    return re.sub(r"[^0-9A-Za-z_\-. :/]", "_", key.replace("@", "_at_"))
 
 
 def git_commit() -> str:
@@ -128,7 +134,7 @@ class MlflowLogger:
         if record is not None:
             for key, value in sorted(flatten(record["metrics"]).items()):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    metrics.append(Metric(key, float(value), now, 0))
+                    metrics.append(Metric(metric_name(key), float(value), now, 0))
         for i in range(0, max(len(params), len(metrics)), 100):
             client.log_batch(
                 run_id,

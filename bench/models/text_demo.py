@@ -1,0 +1,97 @@
+"""A small BERT trained on ``synthetic_text``: the text demo's model that actually solves its task.
+
+Built from a code-defined config and the synthetic vocabulary (no download, no shared files), trained
+once on CPU with ``xaibench.finetune`` and cached under ``cache_dir`` keyed by a hash of the recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xaibench.datasets.synthetic_text import SyntheticText, write_vocab
+from xaibench.models.hf_bert import HFBert, bert_tokenizer_from_vocab
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 256,
+    "train_size": 256,
+    "val_size": 64,
+    "epochs": 8,
+    "lr": 1e-3,
+    "batch_size": 16,
+    "seed": 0,
+}
+
+
+def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[str, Any]]:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from xaibench.finetune import FinetuneConfig, finetune
+
+    torch.manual_seed(recipe["seed"])
+    tokenizer = bert_tokenizer_from_vocab(vocab)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe["hidden_size"],
+        num_hidden_layers=recipe["num_hidden_layers"],
+        num_attention_heads=recipe["num_attention_heads"],
+        intermediate_size=recipe["intermediate_size"],
+        max_position_embeddings=recipe["max_position_embeddings"],
+        num_labels=2,
+        id2label={0: "NEG", 1: "POS"},
+        label2id={"NEG": 0, "POS": 1},
+    )
+    config._attn_implementation = "eager"
+    adapter = HFBert(
+        model=BertForSequenceClassification(config),
+        tokenizer=tokenizer,
+        name="synthetic_text_bert",
+        max_length=recipe["max_position_embeddings"],
+    )
+    train = SyntheticText(recipe["train_size"], split="train", seed=recipe["seed"])
+    val = SyntheticText(recipe["val_size"], split="val", seed=recipe["seed"])
+    summary = finetune(
+        adapter,
+        train,
+        val,
+        FinetuneConfig(epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch_size"], seed=recipe["seed"]),
+    )
+    return adapter, summary
+
+
+def synthetic_text_bert(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> HFBert:
+    """The trained text-demo BERT, loaded from ``cache_dir`` or trained and cached on first use."""
+    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(cache_dir).expanduser() / "models" / f"synthetic_text_bert-{digest}"
+    if retrain or not (folder / "config.json").is_file():
+        from xaibench.finetune import save
+
+        log.info("training the synthetic_text BERT once (cached at %s)", folder)
+        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        vocab = write_vocab(tmp / "vocab_src.txt")
+        adapter, summary = train_text_bert(recipe, vocab)
+        save(adapter, tmp, {"recipe": recipe, **summary})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        log.info("synthetic_text BERT validation accuracy: %.3f", summary["best_val"]["accuracy"])
+    return HFBert(
+        checkpoint=str(folder),
+        local_files_only=True,
+        name=f"synthetic_text_bert-{digest}",
+        max_length=recipe["max_position_embeddings"],
+    )
