@@ -82,6 +82,7 @@ def loop_config(cfg: DictConfig) -> LoopConfig:
         num_workers=int(cfg.num_workers),
         save_examples=int(cfg.save_examples),
         cache_dir=None if cfg.get("cache_dir") is None else str(cfg.cache_dir),
+        on_error=str(cfg.get("on_error", "raise")),
     )
 
 

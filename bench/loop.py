@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from xaibench import distributed
@@ -51,6 +52,8 @@ class LoopConfig:
         cache_dir: root of the attribution cache (``None``: no cache). Maps are stored per model, weights,
             method and its parameters, dataset, target mode and precision; a restarted job reuses every
             finished sample and a changed configuration never reuses old maps.
+        on_error: ``raise`` stops at the first failing sample; ``skip`` records it in ``scores.csv``
+            (``skipped``, ``skip_reason``), counts it in ``metrics.json`` and goes on.
     """
 
     device: str = "auto"
@@ -62,6 +65,7 @@ class LoopConfig:
     num_workers: int = 0
     save_examples: int = 4
     cache_dir: str | None = None
+    on_error: str = "raise"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,6 +91,8 @@ def check_compatible(
         raise ValueError(f"precision={config.precision!r}; supported: {', '.join(PRECISIONS)}")
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    if config.on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={config.on_error!r}; supported: raise, skip")
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"limit must be >= 1 or null, got {config.limit}")
     if dataset.modality != model.modality:
@@ -202,8 +208,10 @@ def run_job(
     for row in rows:
         del row["_index"]
 
-    labels = [r["label"] for r in rows]
-    hits = [r["predicted"] == r["label"] for r in rows if r["label"] >= 0]
+    skipped = [r for r in rows if r.get("skipped")]
+    evaluated = [r for r in rows if not r.get("skipped")]
+    labels = [r["label"] for r in evaluated]
+    hits = [r["predicted"] == r["label"] for r in evaluated if r["label"] >= 0]
     record = {
         "metrics": {name: metric.compute() for name, metric in metrics.items()},
         "job": {
@@ -213,8 +221,10 @@ def run_job(
             "target": config.target,
             "precision": config.precision,
             "device": device.type,
-            "n": len(rows),
+            "n": len(evaluated),
             "n_available": len(dataset),
+            "skipped": len(skipped),
+            "skip_reasons": dict(Counter(r["skip_reason"] for r in skipped)),
             "partial": n < len(dataset),
             "top1_accuracy": (sum(hits) / len(hits)) if hits else None,
             "labelled": sum(lab >= 0 for lab in labels),
@@ -252,21 +262,24 @@ def _evaluate(
 
     Rows carry their dataset index as ``_index``; the stats count computed and cached attributions.
     """
+    skip = config.on_error == "skip"
     loader = DataLoader(
-        Subset(dataset, indices),
+        _Guarded(dataset, indices, skip),
         batch_size=config.batch_size,
         shuffle=False,
-        collate_fn=model.collate,
+        collate_fn=_raw_collate,
         num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=False,
     )
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     stats = {"attribution_seconds": 0.0, "attributions_computed": 0, "attributions_cached": 0}
-    position = iter(indices)
-    for batch in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
-        batch = model.batch_to(batch)
-        batch_index = [next(position) for _ in batch.ids]
+    allow_nan = bool(getattr(method, "allows_nan_maps", False))
+
+    def process(items: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+        """Attribute, check and score one batch; raises on any failure (metrics restored first)."""
+        batch = model.batch_to(model.collate([sample for _, sample in items]))
+        batch_index = [i for i, _ in items]
         target = batch.labels if config.target == "label" else None
         attribution = cache.get_batch(batch.ids) if cache is not None else None
         if attribution is not None:
@@ -277,13 +290,16 @@ def _evaluate(
                 level=attribution.level,
             )
             stats["attributions_cached"] += len(batch)
+            computed = False
         else:
             t0 = time.perf_counter()
             attribution = method(model, batch, target)
             stats["attribution_seconds"] += time.perf_counter() - t0
             stats["attributions_computed"] += len(batch)
-            if cache is not None:
-                cache.put(batch.ids, attribution)
+            computed = True
+        _check_finite(batch.ids, attribution, allow_nan)
+        if computed and cache is not None:
+            cache.put(batch.ids, attribution)
         predicted = attribution.logits.argmax(dim=-1).cpu()
         batch_rows = [
             {"_index": i, "id": sid, "label": int(lab), "target": int(tgt), "predicted": int(pred)}
@@ -296,17 +312,102 @@ def _evaluate(
                 strict=True,
             )
         ]
-        for name, metric in metrics.items():
-            metric_rows = metric.update(batch, attribution, model)
-            if len(metric_rows) != len(batch_rows):
-                raise RuntimeError(f"metric {name} returned {len(metric_rows)} rows for {len(batch_rows)} samples")
-            for row, extra in zip(batch_rows, metric_rows, strict=True):
-                row.update({f"{name}/{k}": v for k, v in extra.items()})
-        rows.extend(batch_rows)
+        snapshot = {name: metric.state() for name, metric in metrics.items()} if skip else None
+        try:
+            for name, metric in metrics.items():
+                metric_rows = metric.update(batch, attribution, model)
+                if len(metric_rows) != len(batch_rows):
+                    raise RuntimeError(f"metric {name} returned {len(metric_rows)} rows for {len(batch_rows)} samples")
+                for row, extra in zip(batch_rows, metric_rows, strict=True):
+                    row.update({f"{name}/{k}": v for k, v in extra.items()})
+        except Exception:
+            if snapshot is not None:  # never half-count a batch that is retried sample by sample
+                for name, metric in metrics.items():
+                    metric.load_state(snapshot[name])
+            raise
         if batch.images is not None and len(examples) < config.save_examples:
             found = _examples(batch, attribution, config.save_examples - len(examples))
             examples.extend({**e, "index": batch_index[j]} for j, e in enumerate(found))
+        return batch_rows
+
+    for items, failed in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
+        rows.extend(_skipped_row(i, None, reason) for i, reason in failed)
+        if not items:
+            continue
+        try:
+            rows.extend(process(items))
+        except Exception as exc:
+            if not skip or isinstance(exc, KeyboardInterrupt):
+                raise
+            for index, sample in items:  # isolate the failing samples; the others count as usual
+                try:
+                    rows.extend(process([(index, sample)]))
+                except Exception as single:
+                    log.warning("skipped sample %s: %s", sample.id, _reason(single))
+                    rows.append(_skipped_row(index, sample, _reason(single)))
     return rows, examples, stats
+
+
+class _Guarded(torch.utils.data.Dataset):
+    """Reads ``dataset[indices[j]]``; with ``skip``, a sample that fails to load becomes a recorded skip."""
+
+    def __init__(self, dataset: DatasetAdapter, indices: range, skip: bool) -> None:
+        self.dataset, self.indices, self.skip = dataset, indices, skip
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[int, Any, str | None]:
+        index = self.indices[j]
+        try:
+            return index, self.dataset[index], None
+        except Exception as exc:
+            if not self.skip:
+                raise
+            return index, None, _reason(exc)
+
+
+def _raw_collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    return [(i, s) for i, s, e in items if e is None], [(i, e) for i, _, e in items if e is not None]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _skipped_row(index: int, sample: Any, reason: str) -> dict[str, Any]:
+    return {
+        "_index": index,
+        "id": sample.id if sample is not None else f"index_{index}",
+        "label": int(sample.label) if sample is not None else -1,
+        "skipped": True,
+        "skip_reason": reason,
+    }
+
+
+class NonFiniteError(ValueError):
+    """A map or the logits of a sample hold NaN or infinity."""
+
+
+def _check_finite(ids: tuple[str, ...], attribution: Attribution, allow_nan_maps: bool) -> None:
+    """Refuse non-finite logits, and non-finite maps unless the method documents them (e.g. the
+    reference's NaN for a constant Grad-CAM map, ``constant_map=nan``)."""
+    logits_ok = torch.isfinite(attribution.logits).flatten(1).all(dim=1)
+    maps_ok = torch.isfinite(attribution.maps).flatten(1).all(dim=1)
+    if allow_nan_maps:
+        maps_ok = maps_ok | ~torch.isinf(attribution.maps).flatten(1).any(dim=1)
+    bad = [
+        (sid, "logits" if not lo else "map")
+        for sid, lo, mo in zip(ids, logits_ok.tolist(), maps_ok.tolist(), strict=True)
+        if not (lo and mo)
+    ]
+    if bad:
+        raise NonFiniteError(
+            "non-finite values (NaN or inf) in "
+            + ", ".join(f"the {what} of {sid}" for sid, what in bad)
+            + "; they are never averaged in (on_error=skip records and counts such samples)"
+        )
 
 
 def describe(obj: Any) -> dict[str, Any]:

@@ -232,3 +232,91 @@ def test_interrupted_run_resumes_from_the_cache(tmp_path) -> None:
         identity={"method": {"start_layer": 1}},
     )
     assert other.samples == 10  # a changed method config never reuses old maps
+
+
+class _Broken(SyntheticShapes):
+    """Sample 2 cannot be read (a corrupt file)."""
+
+    def __getitem__(self, index: int) -> Sample:
+        if index == 2:
+            raise OSError("image file is truncated")
+        return super().__getitem__(index)
+
+
+class _NaNFor(AttributionMethod):
+    """Rollout whose map is NaN for one sample id."""
+
+    name = "rollout"
+
+    def __init__(self, bad_id: str) -> None:
+        self.inner, self.bad_id = Rollout(), bad_id
+
+    def __call__(self, model, batch, target):
+        out = self.inner(model, batch, target)
+        for i, sid in enumerate(batch.ids):
+            if sid == self.bad_id:
+                out.maps[i] = float("nan")
+        return out
+
+
+def test_on_error_skip_records_and_counts_failures(tmp_path) -> None:
+    ds = _Broken(size=8, image_size=32)
+    bad = ds[5].id
+    record = run_job(
+        ds,
+        tiny_vit(),
+        _NaNFor(bad),
+        {"segmentation": Segmentation()},
+        tmp_path,
+        LoopConfig(device="cpu", batch_size=3, on_error="skip"),
+    )
+    metrics, rows = _read(tmp_path)
+    assert record["job"]["skipped"] == 2 and record["job"]["n"] == 6
+    assert metrics["metrics"]["segmentation"]["n"] == 6 and metrics["metrics"]["segmentation"]["nan_maps"] == 0
+    reasons = {r["id"]: r["skip_reason"] for r in rows if r.get("skipped") == "True"}
+    assert set(reasons) == {"index_2", bad}
+    assert "truncated" in reasons["index_2"] and "non-finite" in reasons[bad]
+    assert sum(metrics["job"]["skip_reasons"].values()) == 2
+    # the six good samples score exactly as a clean run over them
+    good = [i for i in range(8) if i not in (2, 5)]
+    clean = SyntheticShapes(size=8, image_size=32)
+
+    class _Subset(SyntheticShapes):
+        def __len__(self):
+            return len(good)
+
+        def __getitem__(self, j):
+            return clean[good[j]]
+
+    ref = run_job(
+        _Subset(size=8, image_size=32),
+        tiny_vit(),
+        Rollout(),
+        {"segmentation": Segmentation()},
+        tmp_path / "ref",
+        LoopConfig(device="cpu", batch_size=1),
+    )
+    assert ref["metrics"]["segmentation"]["total_inter"] == metrics["metrics"]["segmentation"]["total_inter"]
+
+
+def test_on_error_raise_names_the_sample(tmp_path) -> None:
+    ds = SyntheticShapes(size=4, image_size=32)
+    with pytest.raises(ValueError, match=f"non-finite .* the map of {ds[1].id}"):
+        run_job(
+            ds,
+            tiny_vit(),
+            _NaNFor(ds[1].id),
+            {"segmentation": Segmentation()},
+            tmp_path,
+            LoopConfig(device="cpu", batch_size=2),
+        )
+    with pytest.raises(OSError, match="truncated"):
+        run_job(
+            _Broken(size=4, image_size=32),
+            tiny_vit(),
+            Rollout(),
+            {"segmentation": Segmentation()},
+            tmp_path,
+            LoopConfig(device="cpu", batch_size=2),
+        )
+    assert not (tmp_path / "metrics.json").exists()
