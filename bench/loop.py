@@ -420,6 +420,8 @@ def describe(obj: Any) -> dict[str, Any]:
             out[key] = str(value) if isinstance(value, Path) else value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
             out[key] = list(value)
+        else:  # e.g. a rule preset: identify it by its name (or type), never silently drop it from the key
+            out[key] = str(getattr(value, "name", type(value).__qualname__))
     return out
 
 
