@@ -83,6 +83,8 @@ def loop_config(cfg: DictConfig) -> LoopConfig:
         save_examples=int(cfg.save_examples),
         cache_dir=None if cfg.get("cache_dir") is None else str(cfg.cache_dir),
         on_error=str(cfg.get("on_error", "raise")),
+        spot_check=int(cfg.get("spot_check", 0)),
+        spot_check_threshold=float(cfg.get("spot_check_threshold", 0.05)),
     )
 
 

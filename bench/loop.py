@@ -52,6 +52,11 @@ class LoopConfig:
         cache_dir: root of the attribution cache (``None``: no cache). Maps are stored per model, weights,
             method and its parameters, dataset, target mode and precision; a restarted job reuses every
             finished sample and a changed configuration never reuses old maps.
+        spot_check: recompute the maps of the first N samples with the model in float64 and compare them
+            with the run's precision (0: off; skipped when the run is already float64). The relevance rules
+            amplify rounding, so a float32 map can be dominated by it; the largest relative divergence is
+            recorded in ``metrics.json`` and a warning is logged above ``spot_check_threshold``.
+        spot_check_threshold: relative divergence (``max|m32 − m64| / max|m64|`` per sample) that warns.
         on_error: ``raise`` stops at the first failing sample; ``skip`` records it in ``scores.csv``
             (``skipped``, ``skip_reason``), counts it in ``metrics.json`` and goes on.
     """
@@ -66,6 +71,8 @@ class LoopConfig:
     save_examples: int = 4
     cache_dir: str | None = None
     on_error: str = "raise"
+    spot_check: int = 0
+    spot_check_threshold: float = 0.05
 
 
 def resolve_device(device: str) -> torch.device:
@@ -191,6 +198,7 @@ def run_job(
 
     n = len(dataset) if config.limit is None else min(config.limit, len(dataset))
     started = time.perf_counter()
+    spot = _spot_check(dataset, model, method, config, n, device, dtype) if world.is_main else None
     cache = _open_cache(config, dataset, model, method, identity)
     try:
         rows, examples, stats = _evaluate(dataset, model, method, metrics, config, world.shard(n), device, cache)
@@ -230,6 +238,7 @@ def run_job(
             "labelled": sum(lab >= 0 for lab in labels),
             "weights_sha256_16": model.weights_hash(),
             "seed": config.seed,
+            "float64_spot_check": spot,
             **dict(meta or {}),
         },
     }
@@ -408,6 +417,52 @@ def _check_finite(ids: tuple[str, ...], attribution: Attribution, allow_nan_maps
             + ", ".join(f"the {what} of {sid}" for sid, what in bad)
             + "; they are never averaged in (on_error=skip records and counts such samples)"
         )
+
+
+def _spot_check(
+    dataset: DatasetAdapter,
+    model: ModelAdapter,
+    method: AttributionMethod,
+    config: LoopConfig,
+    n: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any] | None:
+    """Maps of the first samples at the run's precision vs float64: is the run dominated by rounding?"""
+    k = min(config.spot_check, n)
+    if k < 1 or dtype == torch.float64:
+        return None
+    try:
+        samples = [dataset[i] for i in range(k)]
+        batch = model.collate(samples)
+    except Exception as exc:  # the run itself reports unreadable samples
+        log.info("float64 spot check skipped: %s", _reason(exc))
+        return None
+    target = batch.labels if config.target == "label" else None
+    if target is not None:
+        target = target.to(device)
+    low = method(model, model.batch_to(batch), target)
+    try:
+        model.to(dtype=torch.float64)  # float32 -> float64 -> float32 is exact: the weights come back unchanged
+        high = method(model, model.batch_to(batch), low.targets.to(device))
+    finally:
+        model.to(dtype=dtype)
+    a, b = low.maps.double().flatten(1), high.maps.double().flatten(1)
+    finite = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1)
+    scale = b.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+    divergence = ((a - b).abs().amax(dim=1) / scale)[finite]
+    worst = float(divergence.max()) if divergence.numel() else 0.0
+    flagged = worst > config.spot_check_threshold
+    if flagged:
+        log.warning(
+            "%s at %s differs from float64 by %.1f%% of the map's scale on the first %d samples: the maps are "
+            "dominated by rounding; run with precision=float64",
+            method.name,
+            config.precision,
+            100 * worst,
+            k,
+        )
+    return {"samples": k, "max_rel_divergence": worst, "threshold": config.spot_check_threshold, "flagged": flagged}
 
 
 def describe(obj: Any) -> dict[str, Any]:
