@@ -239,6 +239,7 @@ def run_job(
             "weights_sha256_16": model.weights_hash(),
             "seed": config.seed,
             "float64_spot_check": spot,
+            "versions": _versions(),
             **dict(meta or {}),
         },
     }
@@ -417,6 +418,19 @@ def _check_finite(ids: tuple[str, ...], attribution: Attribution, allow_nan_maps
             + ", ".join(f"the {what} of {sid}" for sid, what in bad)
             + "; they are never averaged in (on_error=skip records and counts such samples)"
         )
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the libraries that determine the numbers (recorded with every run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("xaibench", "torch", "timm", "transformers", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
 
 
 def _spot_check(
