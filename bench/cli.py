@@ -82,6 +82,7 @@ def loop_config(cfg: DictConfig) -> LoopConfig:
         num_workers=int(cfg.num_workers),
         save_examples=int(cfg.save_examples),
         cache_dir=None if cfg.get("cache_dir") is None else str(cfg.cache_dir),
+        cache_chunk_size=int(cfg.get("cache_chunk_size", 256)),
         on_error=str(cfg.get("on_error", "raise")),
         spot_check=int(cfg.get("spot_check", 0)),
         spot_check_threshold=float(cfg.get("spot_check_threshold", 0.05)),

@@ -52,6 +52,7 @@ class LoopConfig:
         cache_dir: root of the attribution cache (``None``: no cache). Maps are stored per model, weights,
             method and its parameters, dataset, target mode and precision; a restarted job reuses every
             finished sample and a changed configuration never reuses old maps.
+        cache_chunk_size: samples per cache chunk file (a kill loses at most the unwritten chunk).
         spot_check: recompute the maps of the first N samples with the model in float64 and compare them
             with the run's precision (0: off; skipped when the run is already float64). The relevance rules
             amplify rounding, so a float32 map can be dominated by it; the largest relative divergence is
@@ -70,6 +71,7 @@ class LoopConfig:
     num_workers: int = 0
     save_examples: int = 4
     cache_dir: str | None = None
+    cache_chunk_size: int = 256
     on_error: str = "raise"
     spot_check: int = 0
     spot_check_threshold: float = 0.05
@@ -515,7 +517,8 @@ def _open_cache(
         "target": config.target,
         "precision": config.precision,
     }
-    return AttributionCache(AttributionCache.path_for(Path(config.cache_dir).expanduser(), key), key)
+    path = AttributionCache.path_for(Path(config.cache_dir).expanduser(), key)
+    return AttributionCache(path, key, chunk_size=config.cache_chunk_size)
 
 
 def _examples(batch: Any, attribution: Any, count: int) -> list[dict[str, Any]]:
