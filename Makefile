@@ -10,6 +10,8 @@ LIMIT ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 DATA_ARGS ?=
+REPRODUCE_ARGS ?=
+TABLES_ARGS ?=
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +45,12 @@ demo: install ## Run the default benchmarks (image and text) offline and print t
 data: install ## Fetch gtsegs_ijcv.mat, ERASER movies and ViT-B/16 weights into $$XAIBENCH_DATA (~/.cache/xaibench/data)
 	$(BIN)/xaibench-data $(DATA_ARGS)
 
+reproduce-cvpr21: install ## Run the CVPR 2021 sweeps (LIMIT=N: first N samples each), then build results/cvpr21
+	$(BIN)/xaibench-reproduce $(if $(LIMIT),--limit $(LIMIT)) $(REPRODUCE_ARGS)
+
+tables: install ## Rebuild results/cvpr21 (tables, figures) from the run records under outputs/cvpr21
+	$(BIN)/xaibench-tables $(TABLES_ARGS)
+
 bench: install ## Time every method vs a plain forward (vit_base, bert_base; CPU and CUDA) -> results/bench/
 	$(BIN)/python -m xaibench.perf $(BENCH_ARGS)
 
@@ -50,4 +58,4 @@ clean: ## Remove run outputs and caches of this checkout (not .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-.PHONY: help install test test-all lint format demo data bench clean
+.PHONY: help install test test-all lint format demo data reproduce-cvpr21 tables bench clean

@@ -52,9 +52,19 @@ def build_model(name: str, seq_len: int) -> tuple[ModelAdapter, Callable[[int], 
 
         return model, make
     if name == "bert_base":
-        from xaibench.models.hf_bert import HFBert
+        import tempfile
 
-        model = HFBert.random_bert_base(seed=0)
+        from transformers import BertConfig, BertForSequenceClassification
+
+        from xaibench.datasets.synthetic_text import write_vocab
+        from xaibench.models.hf_bert import HFBert, bert_tokenizer_from_vocab
+
+        torch.manual_seed(0)
+        config = BertConfig(num_labels=2)  # bert-base-uncased shapes: 12 layers, hidden 768, 12 heads
+        config._attn_implementation = "eager"
+        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer is unused: inputs are made as ids below
+            tokenizer = bert_tokenizer_from_vocab(write_vocab(Path(tmp) / "vocab.txt"))
+        model = HFBert(model=BertForSequenceClassification(config), tokenizer=tokenizer, name="bert_base")
 
         def make(b: int) -> Batch:
             g = torch.Generator().manual_seed(b)

@@ -63,27 +63,15 @@ def records_frame(records: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
             "target": job.get("target"),
             "n": job.get("n"),
             "partial": job.get("partial"),
+            "skipped": job.get("skipped", 0),
             "status": "ok",
         }
         for metric, values in rec["metrics"].items():
-            values = _with_means(metric, values)
             for key, label, percent in HEADLINES.get(metric, []):
                 if key in values and values[key] is not None:
                     row[label] = values[key] * 100.0 if percent else values[key]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _with_means(metric: str, values: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Add ``{micro,macro}_f1_mean`` (mean over k of ``{micro,macro}_f1@k``) to token-F1 results."""
-    if metric != "token_f1":
-        return values
-    out = dict(values)
-    for avg in ("micro", "macro"):
-        curve = [v for k, v in values.items() if k.startswith(f"{avg}_f1@") and isinstance(v, (int, float))]
-        if curve and f"{avg}_f1_mean" not in out:
-            out[f"{avg}_f1_mean"] = float(np.mean(curve))
-    return out
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -165,7 +153,9 @@ def example_figure(
     same = [it for it in items if list(it["ids"]) == list(first["ids"])]
     for it in items:
         if not any(it is s for s in same):
-            log.warning("examples of %s show other images than %s; left out of %s", it["label"], first["label"], out_path)
+            log.warning(
+                "examples of %s show other images than %s; left out of %s", it["label"], first["label"], out_path
+            )
     items = same
     import matplotlib
 
@@ -375,7 +365,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mlflow", default=None, metavar="URI", help="also read job records from this MLflow store")
     parser.add_argument("--mlflow-experiment", default="xaibench", help="MLflow experiment name (default: xaibench)")
-    parser.add_argument("--out", type=Path, default=Path("results/cvpr21"), help="output folder (default: results/cvpr21)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/cvpr21"), help="output folder (default: results/cvpr21)"
+    )
     parser.add_argument(
         "--paper", type=Path, default=None, help="published numbers (default: <out>/paper.yaml, else the checkout's)"
     )
@@ -390,7 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="xaibench-tables: %(message)s")
-    runs = args.runs if args.runs is not None else ([] if args.mlflow else [_default_runs_dir()])
+    if args.runs is not None:
+        runs = list(args.runs)
+    else:  # the default folder may not exist yet: that is "no records", not a usage error
+        runs = [d for d in [_default_runs_dir()] if not args.mlflow and d.is_dir()]
     try:
         records = load_run_records(runs)
         if args.mlflow:
@@ -401,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     written = cvpr21.build_tables(records, args.out, paper, figures=not args.no_figures)
     if not written:
-        where = ", ".join(str(r) for r in runs) + (f", {args.mlflow}" if args.mlflow else "")
+        searched = [str(r) for r in (args.runs or ([] if args.mlflow else [_default_runs_dir()]))]
+        where = ", ".join(searched + ([args.mlflow] if args.mlflow else []))
         print(
             f"xaibench-tables: no CVPR 2021 run records in {where}; run `make reproduce-cvpr21` "
             "(or the sweeps in conf/experiment/cvpr21/) first",

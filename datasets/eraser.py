@@ -31,17 +31,20 @@ SPLITS = ("train", "val", "test")
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file, naming the line of a parse error."""
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object per line")
-            rows.append(row)
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object per line")
+        rows.append(row)
     return rows
 
 
@@ -109,7 +112,10 @@ class EraserMovies(DatasetAdapter):
         path = self.root / "docs" / docid
         if not path.is_file():
             raise FileNotFoundError(f"document {path} not found (referenced by {self.split}.jsonl)")
-        return path.read_text(encoding="utf-8").split()
+        try:
+            return path.read_text(encoding="utf-8").split()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
     def _parse(self, ann: dict[str, Any], path: Path, line: int) -> Sample:
         where = f"{path} annotation {line + 1}"

@@ -39,6 +39,9 @@ class RandomAttribution(AttributionMethod):
 
     @staticmethod
     def _num_tokens(model: ModelAdapter, batch: Batch) -> int:
+        count = getattr(model, "num_tokens", None)  # ViT: follows the input size (dynamic_img_size)
+        if callable(count) and isinstance(batch.inputs, torch.Tensor):
+            return int(count(batch.inputs))
         grid = getattr(model, "grid_size", None)
         if grid is not None:
             return model.num_prefix_tokens + int(grid[0]) * int(grid[1])

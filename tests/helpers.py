@@ -92,3 +92,28 @@ def mode_target(mode: str):
     if not m:
         raise ValueError(f"unknown golden class mode {mode!r}")
     return torch.tensor([int(m.group(1))])
+
+
+def tiny_timm_vit(vit_cls=None, seed: int = 0, name: str | None = None, require_head: bool = True, **kw):
+    """A small random timm ViT of any family, wrapped in ``TimmViT``, with peaky attention.
+
+    ``vit_cls`` is ``VisionTransformer`` (default) or a subclass such as ``VisionTransformerDistilled``;
+    ``kw`` go to its constructor over small defaults (``embed_dim=32, depth=2, num_heads=4,
+    num_classes=4``), e.g. ``img_size=(28, 42), patch_size=14, reg_tokens=4, no_embed_class=True`` for a
+    DINOv2-with-registers layout or ``dynamic_img_size=True``.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    from xaibench.models.timm_vit import TimmViT
+
+    vit_cls = vit_cls or VisionTransformer
+    args = {"embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 4, **kw}
+    torch.manual_seed(seed)
+    net = vit_cls(**args)
+    with torch.no_grad():  # spread weights so attention is peaky, not flat
+        for pname, p in net.named_parameters():
+            if "norm" in pname and pname.endswith("weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.2)
+    return TimmViT(model=net, name=name or f"tiny_{vit_cls.__name__}", require_head=require_head)

@@ -38,7 +38,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_state_dict_checked(model: nn.Module, path: str | Path) -> None:
     """Load a state dict strictly, naming missing, unexpected and mis-shaped keys in the error."""
-    state = read_state_dict(path)
+    load_state_checked(model, read_state_dict(path), path)
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load an in-memory state dict strictly; errors name the keys and ``source`` (where it came from)."""
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.endswith(_IGNORABLE_SUFFIXES)}
     missing = sorted(set(own) - set(state))
@@ -56,5 +60,5 @@ def load_state_dict_checked(model: nn.Module, path: str | Path) -> None:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if shapes:
             parts.append(f"shape mismatches {shapes[:8]}")
-        raise ValueError(f"checkpoint {path} does not match the model config: " + "; ".join(parts))
+        raise ValueError(f"checkpoint {source} does not match the model config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

@@ -1,0 +1,127 @@
+"""``image_folder``: any folder of class folders of images (torchvision ``ImageFolder`` layout).
+
+``root/<class>/<image>``: one sub-folder per class, labels are the class folders' indices in sorted
+order (torchvision's rule), images anywhere below their class folder. Used to fit linear probes
+(``xaibench-train-probe``) and to evaluate on one's own labelled images. No ground-truth masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xaibench.types import DatasetAdapter, Sample
+
+#: file suffixes read as images (lower case), as torchvision's ``IMG_EXTENSIONS``
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def load_rgb(
+    path: str | Path, size: int | Sequence[int], resize_mode: str = "squash", crop_pct: float = 0.875
+) -> torch.Tensor:
+    """Read an image as ``[3, H, W]`` float32 in ``[0, 1]``.
+
+    Grayscale, palette, CMYK and RGBA files are converted to RGB. ``squash`` resizes to ``size``
+    directly (the reference's ``Resize((224, 224))``; the whole image stays in view); ``resize_center_crop``
+    resizes the short side to ``size / crop_pct`` and crops the centre (timm's evaluation transform).
+    Resizing is PIL's bilinear (antialiased when shrinking), as torchvision's ``Resize`` on PIL images.
+
+    Args:
+        path: image file.
+        size: ``S`` (square) or ``(H, W)``.
+        resize_mode: ``squash`` or ``resize_center_crop``.
+        crop_pct: fraction of the resized short side kept by ``resize_center_crop``.
+    """
+    height, width = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if resize_mode not in ("squash", "resize_center_crop"):
+        raise ValueError(f"resize_mode must be 'squash' or 'resize_center_crop', got {resize_mode!r}")
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+    if resize_mode == "squash":
+        img = img.resize((width, height), Image.BILINEAR)
+    else:
+        w0, h0 = img.size
+        scale = max(height, width) / crop_pct / min(w0, h0)
+        new_w, new_h = max(width, round(w0 * scale)), max(height, round(h0 * scale))
+        img = img.resize((new_w, new_h), Image.BILINEAR)
+        top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+        img = img.crop((left, top, left + width, top + height))
+    array = np.asarray(img, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+
+
+class ImageFolder(DatasetAdapter):
+    """Labelled images in class folders.
+
+    Args:
+        root: folder holding one sub-folder per class.
+        image_size: side ``S`` (or ``[H, W]``) the images are resized to (match the model's input).
+        resize_mode: ``squash`` (default) or ``resize_center_crop`` (see :func:`load_rgb`).
+        crop_pct: for ``resize_center_crop``.
+        classes: class folder names to use, in label order; default: every sub-folder, sorted.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no class folders, a requested class folder is missing, or a class holds no images.
+    """
+
+    modality = "image"
+    provides = frozenset({"label"})
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int | Sequence[int] = 224,
+        resize_mode: str = "squash",
+        crop_pct: float = 0.875,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} not found (expected root/<class>/<image> files)")
+        if resize_mode not in ("squash", "resize_center_crop"):
+            raise ValueError(f"resize_mode must be 'squash' or 'resize_center_crop', got {resize_mode!r}")
+        if not 0 < crop_pct <= 1 or math.isnan(crop_pct):
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        self.image_size = image_size if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        self.resize_mode, self.crop_pct = resize_mode, float(crop_pct)
+        present = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is None:
+            classes = present
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ValueError(f"class folders {missing} not found in {self.root} (present: {present[:10]})")
+        if not classes:
+            raise ValueError(f"{self.root} holds no class folders (expected root/<class>/<image> files)")
+        self.classes = tuple(classes)
+        self.samples: list[tuple[Path, int]] = []
+        empty = []
+        for label, name in enumerate(self.classes):
+            files = sorted(
+                p
+                for p in (self.root / name).rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+            )
+            if not files:
+                empty.append(name)
+            self.samples.extend((p, label) for p in files)
+        if empty:
+            raise ValueError(
+                f"class folders {empty[:10]} in {self.root} hold no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        path, label = self.samples[index]
+        sample_id = path.relative_to(self.root).with_suffix("").as_posix()
+        return Sample(id=sample_id, label=label, image=load_rgb(path, self.image_size, self.resize_mode, self.crop_pct))
+
+    def class_names(self) -> Sequence[str]:
+        return self.classes
