@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from xaibench.metrics.sums import TensorSums
 from xaibench.metrics.token_f1 import rationale_tokens
 from xaibench.text import top_k_words, word_scores
 from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter, Sample
@@ -43,7 +44,7 @@ def _scores(batch: Batch, attribution: Attribution, metric: str) -> torch.Tensor
     return word_scores(attribution.maps.detach(), extras["word_index"], extras["num_words"]).to("cpu", torch.float64)
 
 
-class TokenAUPRC(MetricRunner):
+class TokenAUPRC(TensorSums, MetricRunner):
     """ERASER soft token scoring: AUPRC and average precision of per-word scores vs. rationale tokens."""
 
     name: ClassVar[str] = "token_auprc"
@@ -99,22 +100,8 @@ class TokenAUPRC(MetricRunner):
             "num_skipped": int(skipped),
         }
 
-    def state(self) -> dict[str, torch.Tensor]:
-        """``{"sums": [4]}`` float64: Σauprc, Σap, documents scored, documents skipped."""
-        return {"sums": self._sums.clone()}
 
-    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace the sums by a (merged) :meth:`state`."""
-        sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
-        if sums.shape != self._sums.shape:
-            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
-        self._sums = sums
-
-    def merge(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._sums += torch.as_tensor(state["sums"], dtype=torch.float64)
-
-
-class AOPC(MetricRunner):
+class AOPC(TensorSums, MetricRunner):
     """ERASER comprehensiveness and sufficiency, per bin and as AOPC (mean over bins).
 
     Args:
@@ -123,6 +110,8 @@ class AOPC(MetricRunner):
             (the attribution's target class).
         clamp_min: clamp scores before ranking (``None``: rank the raw scores; 0 ranks like token-F1).
     """
+
+    sum_attrs = ("_sums", "_count")
 
     name: ClassVar[str] = "aopc"
     modalities: ClassVar[frozenset[str]] = frozenset({"text"})
@@ -223,18 +212,3 @@ class AOPC(MetricRunner):
             out[f"sufficiency@{q:g}"] = float(means[j, 1])
         out["num_docs"] = int(n)
         return out
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """``{"sums": [len(bins), 2], "count": []}`` float64."""
-        return {"sums": self._sums.clone(), "count": self._count.clone()}
-
-    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace the sums by a (merged) :meth:`state`."""
-        sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
-        if sums.shape != self._sums.shape:
-            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
-        self._sums = sums
-
-    def merge(self, state: Mapping[str, torch.Tensor]) -> None:
-        self._sums += torch.as_tensor(state["sums"], dtype=torch.float64)
-        self._count += torch.as_tensor(state["count"], dtype=torch.float64)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from xaibench.metrics.sums import TensorSums
 from xaibench.text import ERASER_KS, top_k_words, word_scores
 from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter
 
@@ -40,7 +41,7 @@ def rationale_tokens(spans: Sequence[Sequence[int]] | None) -> set[int]:
     return {t for start, end in spans or () for t in range(int(start), int(end))}
 
 
-class TokenF1(MetricRunner):
+class TokenF1(TensorSums, MetricRunner):
     """ERASER token-level P/R/F1 of the top-k words, micro and macro, for every k.
 
     Args:
@@ -135,21 +136,3 @@ class TokenF1(MetricRunner):
             out[f"macro_f1@{k}"] = mf / n_docs if n_docs else 0.0
         out["num_docs"] = int(self._sums[0, -1]) if len(self.ks) else 0
         return out
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """The sums (``[K, 7]`` float64: tp, n_pred, n_truth, Σp_d, Σr_d, Σf1_d, n_docs), to merge or reduce."""
-        return {"sums": self._sums.clone()}
-
-    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Replace the sums by a (merged) :meth:`state`."""
-        sums = torch.as_tensor(state["sums"], dtype=torch.float64).clone()
-        if sums.shape != self._sums.shape:
-            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
-        self._sums = sums
-
-    def merge(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Add another shard's :meth:`state` (``all_reduce`` of ``state()["sums"]`` is the same)."""
-        sums = torch.as_tensor(state["sums"], dtype=torch.float64)
-        if sums.shape != self._sums.shape:
-            raise ValueError(f"state has shape {tuple(sums.shape)}, this runner {tuple(self._sums.shape)}")
-        self._sums += sums
