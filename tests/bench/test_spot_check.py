@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from helpers import golden_dir, load_golden_vit
-
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
 from xaibench.loop import LoopConfig, run_job
 from xaibench.methods.attention import Rollout
