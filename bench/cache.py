@@ -7,7 +7,9 @@ configuration (model, method and its parameters, target mode, precision, ...) an
 **Layout and kill-safety.** A cache is a directory::
 
     <path>/key.json                      the identifying config and its SHA-256 (written once, atomically)
-    <path>/chunk-<time>-<pid>-<rand>.h5  immutable HDF5 files, each a complete set of samples
+    <path>/chunk-<time>-<pid>-<rand>-<sha32>.h5  immutable HDF5 files, each a complete set of samples,
+                                               named with the SHA-256 of their bytes (checked before h5py
+                                               reads them: corrupt HDF5 can hang the library)
     <path>/.<chunk>.h5.tmp               a chunk being written (a killed writer leaves one behind)
 
 HDF5 itself is not crash-safe: a process killed while it appends to an open file can leave the
@@ -121,6 +123,15 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _file_digest(path: Path) -> str:
+    """First 32 hex digits of the SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -292,6 +303,10 @@ class AttributionCache:
         log.info("attribution cache %s: %d samples", self.path, len(self._index))
 
     def _validate(self, chunk: Path) -> tuple[list[str], str]:
+        # check the bytes first: a corrupted HDF5 file can make the HDF5 library hang, not just raise
+        stated = chunk.stem.rsplit("-", 1)[-1]
+        if len(stated) != 32 or _file_digest(chunk) != stated:
+            raise ValueError("content does not match the SHA-256 in its name (corrupt or truncated)")
         with h5py.File(chunk, "r") as f:
             attrs = f.attrs
             if not bool(attrs.get("complete", False)):
@@ -432,7 +447,7 @@ class AttributionCache:
         maps = torch.stack([entries[i].map for i in ids])
         logits = torch.stack([entries[i].logits for i in ids])
         targets = torch.tensor([entries[i].target for i in ids], dtype=torch.int64)
-        self._write_chunk(
+        name = self._write_chunk(
             name,
             [(ids, maps, targets, logits)],
             map_dtype=maps.dtype,
@@ -452,8 +467,9 @@ class AttributionCache:
         map_dtype: torch.dtype,
         logits_dtype: torch.dtype,
         n: int,
-    ) -> None:
-        """Stream ``parts`` into resizable datasets of ``.<name>.tmp``, mark complete, rename to ``name``."""
+    ) -> str:
+        """Stream ``parts`` into resizable datasets of ``.<name>.tmp``, mark complete, rename it to ``name``
+        with the SHA-256 of its bytes embedded (``chunk-...-<sha32>.h5``); returns the final name."""
         tmp = self.path / f".{name}.tmp"
         try:
             with h5py.File(tmp, "w") as f:
@@ -497,12 +513,14 @@ class AttributionCache:
             if self.fsync:
                 with open(tmp, "rb") as fh:
                     os.fsync(fh.fileno())
+            name = name.removesuffix(".h5") + f"-{_file_digest(tmp)}.h5"
             os.replace(tmp, self.path / name)
             if self.fsync:
                 _fsync_dir(self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return name
 
     def compact(self) -> None:
         """Merge all chunks into one file per map shape/dtype (streamed; atomic like every write).
@@ -544,7 +562,7 @@ class AttributionCache:
 
             total = sum(len(rows) for rows in wanted.values())
             new = f"chunk-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.h5"
-            self._write_chunk(
+            new = self._write_chunk(
                 new,
                 parts(),
                 map_dtype=getattr(torch, map_dtype),
