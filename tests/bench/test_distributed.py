@@ -25,6 +25,8 @@ ARGS = [
     "device=cpu",
     "precision=float64",
     "logger=none",
+    "cache_dir=null",  # both runs compute every map
+    "force=true",  # and the second must not reuse the first one's finished record
 ]
 
 
@@ -34,7 +36,12 @@ def _rows(path):
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
-    env = {**os.environ, "XAIBENCH_OUTPUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "XAIBENCH_OUTPUT": str(tmp_path / "out"),
+        "XAIBENCH_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
     single = subprocess.run(
         [sys.executable, "-m", "xaibench", *ARGS, f"hydra.run.dir={tmp_path / 'one'}"],
         cwd=tmp_path,
