@@ -298,31 +298,34 @@ class MatMulZ(Function):
 
 
 class Clone(Function):
-    """Fork of one tensor into two users (the residual stream): ``R_x = x ⊙ Σ_i safe_divide(R_i, x)``.
+    """Fork of one tensor into ``n`` users: ``R_x = x ⊙ Σ_i safe_divide(R_i, x)``.
 
     Reference ``Clone.relprop`` (REFERENCE §2): the sum of the users' relevance, zeroed where
-    ``x == 0`` (``x / (x + 1e-9)`` differs from 1 by ~1e-9 relative). In gradient mode the two
-    gradients are summed, as autograd does for any fork.
+    ``x == 0`` (``x / (x + 1e-9)`` differs from 1 by ~1e-9 relative). Used for the residual stream
+    (two users) and for BERT's hidden states read by the query, key and value projections (three
+    users). In gradient mode the gradients are summed, as autograd does for any fork.
 
-    ``apply(state, x)`` returns two aliases of ``x`` ``[B, ...]``.
+    ``apply(state, x, n=2)`` returns ``n`` aliases of ``x`` ``[B, ...]``.
     """
 
     @staticmethod
-    def forward(ctx: Any, state: RuleState, x: torch.Tensor):
+    def forward(ctx: Any, state: RuleState, x: torch.Tensor, n: int = 2):
         _setup(ctx, state, x)
-        return x.view_as(x), x.view_as(x)
+        return tuple(x.view_as(x) for _ in range(n))
 
     @staticmethod
-    def backward(ctx: Any, R1: torch.Tensor | None, R2: torch.Tensor | None) -> tuple:
-        given = [r for r in (R1, R2) if r is not None]
+    def backward(ctx: Any, *R: torch.Tensor | None) -> tuple:
+        given = [r for r in R if r is not None]
         if not given:
-            return None, None
+            return None, None, None
+        total = given[0]
+        for r in given[1:]:
+            total = total + r
         if not ctx.state.relevance:
-            return None, given[0] if len(given) == 1 else R1 + R2
+            return None, total, None
         (x,) = ctx.saved_tensors
-        # x ⊙ (R_1/(x+ε) + R_2/(x+ε)) = x ⊙ (R_1 + R_2)/(x+ε)
-        total = given[0] if len(given) == 1 else R1 + R2
-        return None, safe_divide(total, x).mul_(x)
+        # x ⊙ Σ_i R_i/(x+ε) = x ⊙ (Σ_i R_i)/(x+ε)
+        return None, safe_divide(total, x).mul_(x), None
 
 
 class TokenSelect(Function):

@@ -28,20 +28,20 @@ its other rows get zero gradient and relevance exactly as in the reference.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from xaibench.methods._lrp import rules
-from xaibench.methods._lrp.presets import RulePreset, get_preset
+from xaibench.methods._lrp.base import Canonizer, Relevance, block_index, check_targets, leaf_forward, relevance_pass
+from xaibench.methods._lrp.presets import RulePreset
 
-#: models inside a canonizer right now (a second, nested canonizer would wrap the wrappers)
-_ACTIVE: weakref.WeakSet = weakref.WeakSet()
+#: what :func:`vit_relevance` returns (the family-independent :class:`~.base.Relevance`)
+ViTRelevance = Relevance
+
+__all__ = ["ViTCanonizer", "ViTRelevance", "check_targets", "vit_relevance"]
 
 
 def _timm():
@@ -104,7 +104,7 @@ def _check_model(model: nn.Module) -> None:
                 _refuse(f"in-place LayerScale in block {i}")
 
 
-class ViTCanonizer:
+class ViTCanonizer(Canonizer):
     """Give every operation of a timm ``VisionTransformer`` its LRP rule, inside a ``with`` block.
 
     Args:
@@ -137,54 +137,13 @@ class ViTCanonizer:
         record_blocks: Sequence[int] = (),
     ) -> None:
         _check_model(model)
-        self.model = model
-        self.preset = get_preset(preset)
-        self.state = rules.RuleState()
-        depth = len(model.blocks)
-        self.record_blocks = frozenset(_block_index(b, depth) for b in record_blocks)
-        self.grad_from_block = None if grad_from_block is None else _block_index(grad_from_block, depth)
-        self.attention: dict[int, torch.Tensor] = {}
-        self._saved: list[tuple[object, str, bool, Any]] = []
+        super().__init__(
+            model, preset, depth=len(model.blocks), grad_from_block=grad_from_block, record_blocks=record_blocks
+        )
 
-    # -- context management ---------------------------------------------------------------------
-    def __enter__(self) -> ViTCanonizer:
+    def check(self) -> None:
+        """Refuse models outside the supported timm ViT family (see the module docstring)."""
         _check_model(self.model)
-        if self.model in _ACTIVE:
-            raise RuntimeError("this model is already inside a ViTCanonizer; canonizers do not nest")
-        plan = self._plan()
-        _ACTIVE.add(self.model)
-        try:
-            for obj, attr, fn in plan:
-                self._override(obj, attr, fn)
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
-
-    def _override(self, obj: object, attr: str, fn: Callable) -> None:
-        had = attr in vars(obj)
-        self._saved.append((obj, attr, had, vars(obj).get(attr)))
-        setattr(obj, attr, fn)
-
-    def _restore(self) -> None:
-        try:
-            while self._saved:
-                obj, attr, had, old = self._saved.pop()
-                if had:
-                    setattr(obj, attr, old)
-                else:
-                    delattr(obj, attr)
-        finally:
-            _ACTIVE.discard(self.model)
-
-    @contextmanager
-    def relevance_mode(self) -> Iterator[None]:
-        """Backward passes started within the block propagate relevance instead of gradients."""
-        with self.state.relevance_mode():
-            yield
 
     # -- what gets which rule -------------------------------------------------------------------
     def _plan(self) -> list[tuple[object, str, Callable]]:
@@ -210,7 +169,7 @@ class ViTCanonizer:
                 raise TypeError(f"module '{name}' ({type(m).__name__}) has no LRP rule (not a supported container)")
             rule = self._leaf_rule(name, m, passthrough)
             if rule is not None:
-                plan.append((m, "forward", _leaf(m, rule)))
+                plan.append((m, "forward", leaf_forward(m, rule)))
         plan += [
             (model, "forward_features", self._forward_features()),
             (model, "_pos_embed", self._pos_embed()),
@@ -224,11 +183,11 @@ class ViTCanonizer:
         if type(m) in passthrough:
             return None  # identity in eval mode: the gradient is the relevance
         if isinstance(m, nn.Linear):
-            return lambda x, out: preset.linear.apply(state, out, x, m.weight, m.bias)
+            return self._linear_rule(m)
         if isinstance(m, nn.Conv2d) and m is self.model.patch_embed.proj:
             return lambda x, out: preset.input_conv.apply(state, out, x, m.weight, m.stride, m.padding, m.dilation)
         if isinstance(m, preset.identity):
-            return lambda x, out: rules.Identity.apply(state, out, x)
+            return self._identity_rule()
         raise TypeError(
             f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{preset.name}'; rules exist for "
             f"nn.Linear, the patch-embedding Conv2d, {', '.join(sorted({t.__name__ for t in preset.identity}))} "
@@ -236,9 +195,6 @@ class ViTCanonizer:
         )
 
     # -- instance forwards ----------------------------------------------------------------------
-    def _add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.preset.add.apply(self.state, a + b, a, b)
-
     def _forward_features(self) -> Callable:
         model, start = self.model, self.grad_from_block
 
@@ -342,60 +298,6 @@ class ViTCanonizer:
         return forward
 
 
-def _leaf(module: nn.Module, rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-    """``forward(x) = rule(x, stock_forward(x))`` for a one-input leaf module."""
-    stock = module.forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return rule(x, stock(x))
-
-    return forward
-
-
-def _block_index(b: int, depth: int) -> int:
-    if not isinstance(b, int) or isinstance(b, bool):
-        raise TypeError(f"block indices must be int; got {type(b).__name__}")
-    if not -depth <= b < depth:
-        raise ValueError(f"block index {b} out of range for a model with {depth} blocks")
-    return b % depth
-
-
-@dataclass
-class ViTRelevance:
-    """What one relevance pass over a ViT returns (all detached).
-
-    Attributes:
-        logits: ``[B, C]`` logits of the forward pass (the stock model's, to rounding).
-        targets: ``[B]`` int64 classes explained (one-hot relevance ``R = e_c`` at the logits).
-        attention: ``{b: A_b}`` softmax attention probabilities ``[B, h, n, n]``.
-        gradient: ``{b: ∂y_c/∂A_b}`` ``[B, h, n, n]`` (only when gradients were asked for).
-        relevance: ``{b: R^(A)_b}`` ``[B, h, n, n]``, the LRP relevance of ``A_b`` (the halved
-            ``attn @ v`` share, reference ``save_attn_cam``).
-        input_relevance: ``[B, C_in, H, W]`` relevance at the pixels (only when asked for).
-    """
-
-    logits: torch.Tensor
-    targets: torch.Tensor
-    attention: dict[int, torch.Tensor] = field(default_factory=dict)
-    gradient: dict[int, torch.Tensor] = field(default_factory=dict)
-    relevance: dict[int, torch.Tensor] = field(default_factory=dict)
-    input_relevance: torch.Tensor | None = None
-
-
-def check_targets(target: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """``[B]`` int64 classes on the logits' device: ``target``, or the argmax when ``None``."""
-    if target is None:
-        return logits.detach().argmax(dim=-1)
-    if not isinstance(target, torch.Tensor) or target.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"target must be a [B] int64 tensor of class indices or None; got {target!r:.80}")
-    B, C = logits.shape
-    if target.shape != (B,):
-        raise ValueError(f"target must have shape [{B}] (one class per sample); got {tuple(target.shape)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= C):
-        raise ValueError(f"target classes must lie in [0, {C}); got {target.tolist()}")
-    return target.to(device=logits.device, dtype=torch.int64)
-
-
 def vit_relevance(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -427,27 +329,12 @@ def vit_relevance(
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
         raise TypeError("inputs must be a [B, C, H, W] tensor of normalised images")
     depth = len(model.blocks)
-    wanted = sorted({_block_index(b, depth) for b in blocks})
+    wanted = sorted({block_index(b, depth) for b in blocks})
     if not wanted and not input_relevance:
         raise ValueError("nothing to compute: give `blocks` and/or input_relevance=True")
     start = None if input_relevance else wanted[0]
     with torch.enable_grad(), ViTCanonizer(model, preset, grad_from_block=start, record_blocks=wanted) as canon:
         x = inputs.detach().requires_grad_(input_relevance)
-        logits = model(x)
-        targets = check_targets(target, logits)
-        seed = torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
-        attn = [canon.attention[b] for b in wanted]
-        result = ViTRelevance(
-            logits=logits.detach(),
-            targets=targets,
-            attention={b: a.detach() for b, a in zip(wanted, attn, strict=True)},
+        return relevance_pass(
+            canon, lambda: (model(x), x), target, gradients=gradients, input_relevance=input_relevance
         )
-        if gradients and wanted:
-            grads = torch.autograd.grad(logits, attn, grad_outputs=seed, retain_graph=True)
-            result.gradient = dict(zip(wanted, grads, strict=True))
-        with canon.relevance_mode():
-            rel = torch.autograd.grad(logits, attn + ([x] if input_relevance else []), grad_outputs=seed)
-    result.relevance = dict(zip(wanted, rel[: len(wanted)], strict=True))
-    if input_relevance:
-        result.input_relevance = rel[-1]
-    return result
