@@ -57,7 +57,8 @@ def records_frame(records: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
         job = rec["job"]
         row: dict[str, Any] = {
             "run": run_dir.name,
-            "method": job.get("method"),
+            # the config name (e.g. rollout_bert) tells variants of one method class apart
+            "method": (job.get("choices") or {}).get("method") or job.get("method"),
             "dataset": job.get("dataset"),
             "model": job.get("model"),
             "target": job.get("target"),
