@@ -95,7 +95,16 @@ class _ViT(_Network):
             raise TypeError("relevance methods on a ViT need batch.inputs as a [B, 3, H, W] image tensor")
         return batch.inputs
 
-    def relevance(self, batch, target, preset, *, blocks=(), gradients=False, input_relevance=False) -> Relevance:
+    def relevance(
+        self,
+        batch: Batch,
+        target: torch.Tensor | None,
+        preset: RulePreset,
+        *,
+        blocks: Sequence[int] = (),
+        gradients: bool = False,
+        input_relevance: bool = False,
+    ) -> Relevance:
         from xaibench.methods._lrp.vit import vit_relevance
 
         return vit_relevance(
@@ -108,11 +117,11 @@ class _ViT(_Network):
             input_relevance=input_relevance,
         )
 
-    def row_map(self, row, batch, cls):
+    def row_map(self, row: torch.Tensor, batch: Batch, cls: Literal["zero", "min"]) -> torch.Tensor:
         # the prefix tokens (CLS, registers, ...) are dropped, so the CLS convention does not matter
         return row[:, self.prefix :].reshape(row.shape[0], *self.grid)
 
-    def input_map(self, relevance, batch):
+    def input_map(self, relevance: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Literal["tokens", "pixels"]]:
         return relevance.sum(dim=1), "pixels"
 
 
@@ -134,7 +143,16 @@ class _Bert(_Network):
             )
         return batch.inputs
 
-    def relevance(self, batch, target, preset, *, blocks=(), gradients=False, input_relevance=False) -> Relevance:
+    def relevance(
+        self,
+        batch: Batch,
+        target: torch.Tensor | None,
+        preset: RulePreset,
+        *,
+        blocks: Sequence[int] = (),
+        gradients: bool = False,
+        input_relevance: bool = False,
+    ) -> Relevance:
         from xaibench.methods._lrp.bert import bert_relevance
 
         return bert_relevance(
@@ -147,13 +165,13 @@ class _Bert(_Network):
             input_relevance=input_relevance,
         )
 
-    def row_map(self, row, batch, cls):
+    def row_map(self, row: torch.Tensor, batch: Batch, cls: Literal["zero", "min"]) -> torch.Tensor:
         inputs = self._inputs(batch)
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(inputs["input_ids"], dtype=torch.bool) if mask is None else mask.bool()
         return self.adapter.token_map(row, attention_mask=mask, cls=cls)
 
-    def input_map(self, relevance, batch):
+    def input_map(self, relevance: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Literal["tokens", "pixels"]]:
         # the reference's generate_full_lrp: Σ over the hidden units at the encoder input, [CLS] = 0
         return self.row_map(relevance.sum(dim=-1), batch, "zero"), "tokens"
 
