@@ -13,6 +13,7 @@ entirely) get **NaN** ("no score"); :func:`top_k_words` never selects them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -81,3 +82,15 @@ def top_k_words(scores: torch.Tensor, k: int, clamp_min: float | None = 0.0) -> 
     k = min(k, picked.numel())
     _, order = torch.topk(picked, k)
     return valid[order]
+
+
+def batch_word_scores(batch: Any, attribution: Any, metric: str, needs: Sequence[str]) -> torch.Tensor:
+    """Per-word scores ``[B, W]`` of a text batch's word-piece maps, after checking that the batch carries
+    what ``metric`` reads (``needs``: keys of ``batch.extras`` built by a text adapter's collate)."""
+    extras = batch.extras
+    for key in ("word_index", "num_words", *needs):
+        if key not in extras:
+            raise ValueError(f"{metric} needs batch.extras[{key!r}] (built by a text model adapter's collate)")
+    if attribution.level != "tokens":
+        raise ValueError(f"{metric} scores word-piece maps (level='tokens'), got level={attribution.level!r}")
+    return word_scores(attribution.maps.detach(), extras["word_index"], extras["num_words"])

@@ -27,7 +27,7 @@ import torch
 
 from xaibench.metrics.sums import TensorSums
 from xaibench.metrics.token_f1 import rationale_tokens
-from xaibench.text import top_k_words, word_scores
+from xaibench.text import batch_word_scores, top_k_words
 from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter, Sample
 
 #: ERASER's AOPC bins (fractions of the document's tokens)
@@ -35,13 +35,7 @@ ERASER_BINS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
 
 
 def _scores(batch: Batch, attribution: Attribution, metric: str) -> torch.Tensor:
-    extras = batch.extras
-    for key in ("word_index", "num_words", "words"):
-        if key not in extras:
-            raise ValueError(f"{metric} needs batch.extras[{key!r}] (built by a text model adapter's collate)")
-    if attribution.level != "tokens":
-        raise ValueError(f"{metric} scores word-piece maps (level='tokens'), got level={attribution.level!r}")
-    return word_scores(attribution.maps.detach(), extras["word_index"], extras["num_words"]).to("cpu", torch.float64)
+    return batch_word_scores(batch, attribution, metric, ("words",)).to("cpu", torch.float64)
 
 
 class TokenAUPRC(TensorSums, MetricRunner):

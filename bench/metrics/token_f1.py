@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from xaibench.metrics.sums import TensorSums
-from xaibench.text import ERASER_KS, top_k_words, word_scores
+from xaibench.text import ERASER_KS, batch_word_scores, top_k_words
 from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter
 
 #: columns of the sum table, one row per k
@@ -89,12 +89,7 @@ class TokenF1(TensorSums, MetricRunner):
             attribution: ``maps`` ``[B, T]`` over word-pieces.
         """
         extras = batch.extras
-        for key in ("word_index", "num_words", "rationales"):
-            if key not in extras:
-                raise ValueError(f"token_f1 needs batch.extras[{key!r}] (built by a text model adapter's collate)")
-        if attribution.level != "tokens":
-            raise ValueError(f"token_f1 scores word-piece maps (level='tokens'), got level={attribution.level!r}")
-        scores = word_scores(attribution.maps.detach(), extras["word_index"], extras["num_words"])
+        scores = batch_word_scores(batch, attribution, "token_f1", ("rationales",))
         rows = []
         for i, sample_id in enumerate(batch.ids):
             spans = extras["rationales"][i]
