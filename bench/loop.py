@@ -28,7 +28,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from xaibench import distributed
-from xaibench.types import Attribution, AttributionMethod, DatasetAdapter, MetricRunner, ModelAdapter, merge_states
+from xaibench.divergence import precision_divergence
+from xaibench.types import (
+    Attribution,
+    AttributionMethod,
+    Batch,
+    DatasetAdapter,
+    MetricRunner,
+    ModelAdapter,
+    merge_states,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +245,7 @@ def run_job(
             "skipped": len(skipped),
             "skip_reasons": dict(Counter(r["skip_reason"] for r in skipped)),
             "partial": n < len(dataset),
+            "truncated": sum(bool(r.get("truncated")) for r in evaluated),
             "top1_accuracy": (sum(hits) / len(hits)) if hits else None,
             "labelled": sum(lab >= 0 for lab in labels),
             "weights_sha256_16": model.weights_hash(),
@@ -279,18 +289,19 @@ def _evaluate(
         _Guarded(dataset, indices, skip),
         batch_size=config.batch_size,
         shuffle=False,
-        collate_fn=_raw_collate,
+        collate_fn=_Collate(model),
         num_workers=config.num_workers,
-        pin_memory=False,
+        pin_memory=device.type == "cuda",
     )
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     stats = {"attribution_seconds": 0.0, "attributions_computed": 0, "attributions_cached": 0}
     allow_nan = bool(getattr(method, "allows_nan_maps", False))
 
-    def process(items: list[tuple[int, Any]]) -> list[dict[str, Any]]:
-        """Attribute, check and score one batch; raises on any failure (metrics restored first)."""
-        batch = model.batch_to(model.collate([sample for _, sample in items]))
+    def process(items: list[tuple[int, Any]], collated: Batch | None = None) -> list[dict[str, Any]]:
+        """Attribute, check and score one batch (``collated``: already collated by the loader); raises on
+        any failure (metrics restored first)."""
+        batch = model.batch_to(collated if collated is not None else model.collate([s for _, s in items]))
         batch_index = [i for i, _ in items]
         target = batch.labels if config.target == "label" else None
         attribution = cache.get_batch(batch.ids) if cache is not None else None
@@ -324,6 +335,10 @@ def _evaluate(
                 strict=True,
             )
         ]
+        truncated = batch.extras.get("truncated")
+        if truncated is not None:  # text cut at the model's maximum length: its tail gets no score
+            for row, cut in zip(batch_rows, truncated.tolist(), strict=True):
+                row["truncated"] = bool(cut)
         snapshot = {name: metric.state() for name, metric in metrics.items()} if skip else None
         try:
             for name, metric in metrics.items():
@@ -342,12 +357,12 @@ def _evaluate(
             examples.extend({**e, "index": batch_index[j]} for j, e in enumerate(found))
         return batch_rows
 
-    for items, failed in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
-        rows.extend(_skipped_row(i, None, reason) for i, reason in failed)
+    for items, failed, collated in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
+        rows.extend(_skipped_row(i, sid, reason) for i, sid, reason in failed)
         if not items:
             continue
         try:
-            rows.extend(process(items))
+            rows.extend(process(items, collated))
         except Exception as exc:
             if not skip or isinstance(exc, KeyboardInterrupt):
                 raise
@@ -376,11 +391,32 @@ class _Guarded(torch.utils.data.Dataset):
         except Exception as exc:
             if not self.skip:
                 raise
-            return index, None, _reason(exc)
+            try:
+                sample_id = self.dataset.sample_id(index)
+            except Exception:  # the id is a courtesy; the index always identifies the sample
+                sample_id = None
+            return index, sample_id, _reason(exc)
 
 
-def _raw_collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
-    return [(i, s) for i, s, e in items if e is None], [(i, e) for i, _, e in items if e is not None]
+class _Collate:
+    """The loader's collate: loaded samples ``(index, sample)``, failed ones ``(index, id or None, reason)``
+    and the model's batch of the loaded ones, made in the loader's workers (so tokenising and stacking
+    overlap compute) and pinned by the loader on CUDA; ``None`` if collating fails (the main process
+    collates again and reports or skips the failure)."""
+
+    def __init__(self, model: ModelAdapter) -> None:
+        self.model = model
+
+    def __call__(
+        self, items: list[tuple[int, Any, str | None]]
+    ) -> tuple[list[tuple[int, Any]], list[tuple[int, str | None, str]], Batch | None]:
+        loaded = [(i, s) for i, s, e in items if e is None]
+        failed = [(i, s, e) for i, s, e in items if e is not None]
+        try:
+            batch = self.model.collate([s for _, s in loaded]) if loaded else None
+        except Exception:
+            batch = None
+        return loaded, failed, batch
 
 
 def _reason(exc: BaseException) -> str:
@@ -389,10 +425,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _skipped_row(index: int, sample: Any, reason: str) -> dict[str, Any]:
+    """A skipped sample's row; ``sample`` is the sample, its id (it failed to load) or ``None``."""
+    if isinstance(sample, str) or sample is None:
+        return {"_index": index, "id": sample or f"index_{index}", "label": -1, "skipped": True, "skip_reason": reason}
     return {
         "_index": index,
-        "id": sample.id if sample is not None else f"index_{index}",
-        "label": int(sample.label) if sample is not None else -1,
+        "id": sample.id,
+        "label": int(sample.label),
         "skipped": True,
         "skip_reason": reason,
     }
@@ -454,19 +493,9 @@ def _spot_check(
     except Exception as exc:  # the run itself reports unreadable samples
         log.info("float64 spot check skipped: %s", _reason(exc))
         return None
-    target = batch.labels if config.target == "label" else None
-    if target is not None:
-        target = target.to(device)
-    low = method(model, model.batch_to(batch), target)
-    try:
-        model.to(dtype=torch.float64)  # float32 -> float64 -> float32 is exact: the weights come back unchanged
-        high = method(model, model.batch_to(batch), low.targets.to(device))
-    finally:
-        model.to(dtype=dtype)
-    a, b = low.maps.double().flatten(1), high.maps.double().flatten(1)
-    finite = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1)
-    scale = b.abs().amax(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-    divergence = ((a - b).abs().amax(dim=1) / scale)[finite]
+    target = batch.labels.to(device) if config.target == "label" else None
+    divergence = precision_divergence(model, method, batch, target, dtype)
+    divergence = divergence[torch.isfinite(divergence)]
     worst = float(divergence.max()) if divergence.numel() else 0.0
     flagged = worst > config.spot_check_threshold
     if flagged:

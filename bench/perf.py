@@ -2,8 +2,9 @@
 
 For each model shape (``vit_base``: ViT-B/16 at 224; ``bert_base``: BERT-base), each method configured in
 ``conf/method/`` that supports the model's modality, and each batch size, it times the method and, in the
-same run, a ``no_grad`` forward of the same model and batch (median of ``--repeats`` runs after one
-warm-up), and records their ratio and the peak memory. Random weights: speed does not depend on them.
+same rounds, an ``inference_mode`` forward of the same model and batch (``--repeats`` interleaved rounds
+after one warm-up: forward, method, forward, method, ...), and records the medians, the median per-round
+ratio and the peak memory. Interleaving keeps the ratio honest on a shared, noisy machine. Random weights: speed does not depend on them.
 Results go to ``results/bench/<device>.csv`` and ``.md``.
 
     python -m xaibench.perf --models vit_base --batch-sizes 1,16 --repeats 3
@@ -128,6 +129,39 @@ def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[fl
     return statistics.median(times), _peak_mib(device)
 
 
+def timed_pair(
+    fn: Callable[[], Any], reference: Callable[[], Any], repeats: int, device: torch.device
+) -> tuple[float, float, float, float | None]:
+    """``fn`` against ``reference``, interleaved: each of ``repeats`` rounds (after one warm-up of both)
+    times ``reference`` and then ``fn``, so both see the same machine load.
+
+    Returns:
+        median seconds of ``fn``, median seconds of ``reference``, median of the per-round ratios, and the
+        peak memory (MiB) of ``fn``.
+    """
+    reference()
+    fn()
+    pairs = []
+    peak: float | None = None
+    for _ in range(repeats):
+        pair = []
+        for k, f in enumerate((reference, fn)):
+            if k == 1:
+                _peak_reset()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            f()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            pair.append(time.perf_counter() - t0)
+        mem = _peak_mib(device)
+        peak = mem if peak is None or (mem is not None and mem > peak) else peak
+        pairs.append(pair)
+    ref, sec = (statistics.median(p[k] for p in pairs) for k in (0, 1))
+    return sec, ref, statistics.median(p[1] / p[0] for p in pairs), peak
+
+
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda-" + torch.cuda.get_device_name(device).replace(" ", "_")
@@ -154,14 +188,16 @@ def run(
                 with torch.inference_mode():
                     model.logits(batch.inputs)
 
-            fwd, fwd_mem = timed(forward, repeats, device)
+            fwd, fwd_mem = timed(forward, 1, device)
             log.info("%s b=%d forward %.3f s/img", model_name, b, fwd / b)
             for name, cfg in configs.items():
                 method = instantiate(cfg)
                 if model.modality not in method.modalities:
                     continue
                 try:
-                    sec, mem = timed(lambda m=method, x=model, bt=batch: m(x, bt, None), repeats, device)
+                    sec, fwd, ratio, mem = timed_pair(
+                        lambda m=method, x=model, bt=batch: m(x, bt, None), forward, repeats, device
+                    )
                 except (NotImplementedError, TypeError, ValueError) as exc:
                     log.warning("%s on %s skipped: %s", name, model_name, exc)
                     continue
@@ -173,13 +209,49 @@ def run(
                         "device": device_label(device),
                         "s_per_image": sec / b,
                         "forward_s_per_image": fwd / b,
-                        "ratio": sec / fwd,
+                        "ratio": ratio,
                         "peak_mib": mem,
                         "forward_peak_mib": fwd_mem,
                         "threads": torch.get_num_threads(),
                     }
                 )
-                log.info("%s b=%d %s %.3f s/img (%.2fx forward)", model_name, b, name, sec / b, sec / fwd)
+                log.info("%s b=%d %s %.3f s/img (%.2fx forward)", model_name, b, name, sec / b, ratio)
+    return pd.DataFrame(rows)
+
+
+#: the performance issue's targets: method time / plain forward time at the large batch (CPU)
+TARGET_RATIOS = {
+    "raw_attention": 1.1,
+    "rollout": 1.2,
+    "attn_gradcam": 1.6,
+    "partial_lrp": 1.6,
+    "transformer_attribution": 5.0,
+    "full_lrp": 6.0,
+}
+
+
+def checks(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and method: the ratio at the largest batch against its target, and whether batching
+    pays: per-image time at the largest batch over that at batch 1 (<= 1 on CPU, <= 0.25 on CUDA)."""
+    rows = []
+    for (model, method), group in frame.groupby(["model", "method"], sort=True):
+        by_batch = group.set_index("batch")
+        big, small = by_batch.index.max(), by_batch.index.min()
+        ratio = float(by_batch.loc[big, "ratio"])
+        target = TARGET_RATIOS.get(method)
+        batching = float(by_batch.loc[big, "s_per_image"] / by_batch.loc[small, "s_per_image"])
+        bound = 0.25 if str(by_batch["device"].iloc[0]).startswith("cuda") else 1.0
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                f"ratio_b{big}": ratio,
+                "target": target,
+                "meets_target": None if target is None else ratio <= target,
+                f"per_image_b{big}_over_b{small}": batching if big != small else None,
+                "batching_never_costs": (batching <= bound) if big != small else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -192,7 +264,13 @@ def write(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> Path:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {device_label(device)}; median of runs after a warm-up.\n\n"
     )
-    stem.with_suffix(".md").write_text(header + to_markdown(shown) + "\n")
+    checked = checks(frame)
+    checked.to_csv(out_dir / f"{device_label(device)}_checks.csv", index=False)
+    footer = (
+        "\n\nTargets (method time / forward time at the largest batch; the issue's CPU targets) and batching "
+        "(per-image time at the largest batch / at batch 1):\n\n" + to_markdown(checked)
+    )
+    stem.with_suffix(".md").write_text(header + to_markdown(shown) + footer + "\n")
     return stem.with_suffix(".md")
 
 
@@ -208,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--memory-sizes", default="200,2000", help="image counts for the memory-scaling check ('' to skip)"
     )
+    parser.add_argument(
+        "--divergence-models",
+        default="shapes_vit,text_bert,vit_base",
+        help="models for the float32 (bf16/fp16 on CUDA) vs float64 map divergence ('' to skip)",
+    )
+    parser.add_argument("--divergence-samples", type=int, default=8, help="samples per divergence model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
@@ -227,6 +311,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         path = write(frame, Path(args.out), device)
         print(path.read_text())
+        if args.divergence_models:
+            from xaibench import divergence
+
+            models = [m for m in args.divergence_models.split(",") if m]
+            methods = [m for m in args.methods.split(",") if m] or None
+            found = divergence.run(models, args.divergence_samples, device, methods)
+            print(divergence.write(found, Path(args.out), device, args.divergence_samples).read_text())
     if args.memory_sizes:
         mem = memory_scaling(tuple(int(x) for x in args.memory_sizes.split(",")))
         path = Path(args.out) / "memory.md"

@@ -67,6 +67,8 @@ def records_frame(records: list[tuple[Path, dict[str, Any]]]) -> pd.DataFrame:
             "skipped": job.get("skipped", 0),
             "status": "ok",
         }
+        if job.get("truncated"):  # text cut at the model's maximum length (its tail gets no score)
+            row["truncated"] = job["truncated"]
         for metric, values in rec["metrics"].items():
             for key, label, percent in HEADLINES.get(metric, []):
                 if key in values and values[key] is not None:

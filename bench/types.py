@@ -64,6 +64,26 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def pin_memory(self) -> Batch:
+        """A copy with every CPU tensor in page-locked memory (the DataLoader calls this with
+        ``pin_memory=True``), so the copy to the GPU can overlap compute."""
+
+        def pin(t: Any) -> Any:
+            if isinstance(t, torch.Tensor):
+                return t.pin_memory()
+            if isinstance(t, Mapping):
+                return {k: pin(v) for k, v in t.items()}
+            return t
+
+        return Batch(
+            ids=self.ids,
+            inputs=pin(self.inputs),
+            labels=pin(self.labels),
+            images=pin(self.images),
+            masks=pin(self.masks),
+            extras=pin(self.extras),
+        )
+
 
 @dataclass(frozen=True)
 class Attribution:
@@ -105,6 +125,11 @@ class DatasetAdapter(ABC):
 
     def class_names(self) -> Sequence[str] | None:
         """Human-readable class names, if known."""
+        return None
+
+    def sample_id(self, index: int) -> str | None:
+        """The id ``self[index]`` would have, without reading the sample (names a sample that fails to load
+        in ``scores.csv``); ``None`` if not known cheaply."""
         return None
 
 
@@ -155,7 +180,7 @@ class ModelAdapter(ABC):
 
         def move(t: Any) -> Any:
             if isinstance(t, torch.Tensor):
-                t = t.to(device)
+                t = t.to(device, non_blocking=t.is_pinned())
                 return t.to(dtype) if t.is_floating_point() else t
             if isinstance(t, Mapping):
                 return {k: move(v) for k, v in t.items()}

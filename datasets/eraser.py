@@ -92,6 +92,16 @@ class EraserMovies(DatasetAdapter):
             annotations = annotations[: int(limit)]
         self._docs = self._doc_reader()
         self._samples = [self._parse(a, path, i) for i, a in enumerate(annotations)]
+        empty = [s.id for s in self._samples if not s.rationale]
+        if empty:
+            log.warning(
+                "%s: %d of %d annotations have empty evidence (e.g. %s): token-F1 counts their top-k words as "
+                "false positives (as ERASER's scorer does) and token AUPRC leaves them out",
+                path,
+                len(empty),
+                len(self._samples),
+                ", ".join(empty[:3]),
+            )
 
     def _doc_reader(self) -> dict[str, list[str]] | None:
         """``None``: read ``docs/<docid>`` per document; else all of ``docs.jsonl``, split into words."""

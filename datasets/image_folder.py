@@ -13,12 +13,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from xaibench.types import DatasetAdapter, Sample
 
 #: file suffixes read as images (lower case), as torchvision's ``IMG_EXTENSIONS``
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: images with a side shorter than this are refused: upsampling a thumbnail to 224 px makes a blur whose
+#: attribution maps say nothing (ImageNet's smallest validation images are tens of pixels on a side)
+MIN_IMAGE_SIDE = 8
+
+
+def open_rgb(path: str | Path, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
+    """Decode an image file into an RGB PIL image (grayscale, palette, CMYK and RGBA are converted).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a decodable image (truncated, not an image, unsupported format) or is
+            smaller than ``min_side`` pixels on a side; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            rgb = img.convert("RGB")  # decodes the pixel data: truncation shows up here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(
+            f"cannot decode image {path}: {exc} (expected a complete JPEG/PNG/... file; the file may be truncated "
+            "or not an image)"
+        ) from None
+    if min(size) < min_side:
+        raise ValueError(
+            f"image {path} is {size[0]}x{size[1]} pixels ({mode}); images smaller than {min_side} px on a side are "
+            "refused (their upsampled attribution maps carry no spatial information)"
+        )
+    return rgb
 
 
 def load_rgb(
@@ -40,8 +72,7 @@ def load_rgb(
     height, width = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if resize_mode not in ("squash", "resize_center_crop"):
         raise ValueError(f"resize_mode must be 'squash' or 'resize_center_crop', got {resize_mode!r}")
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    img = open_rgb(path)
     if resize_mode == "squash":
         img = img.resize((width, height), Image.BILINEAR)
     else:
@@ -120,8 +151,11 @@ class ImageFolder(DatasetAdapter):
 
     def __getitem__(self, index: int) -> Sample:
         path, label = self.samples[index]
-        sample_id = path.relative_to(self.root).with_suffix("").as_posix()
-        return Sample(id=sample_id, label=label, image=load_rgb(path, self.image_size, self.resize_mode, self.crop_pct))
+        image = load_rgb(path, self.image_size, self.resize_mode, self.crop_pct)
+        return Sample(id=self.sample_id(index), label=label, image=image)
+
+    def sample_id(self, index: int) -> str:
+        return self.samples[index][0].relative_to(self.root).with_suffix("").as_posix()
 
     def class_names(self) -> Sequence[str]:
         return self.classes

@@ -90,4 +90,7 @@ class ImageNetSegmentation(DatasetAdapter):
         image = image.resize(size, Image.BILINEAR)
         mask = Image.fromarray(np.ascontiguousarray(gt.transpose(1, 0)).astype(np.uint8)).resize(size, Image.NEAREST)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255.0)
-        return Sample(id=f"seg_{index:05d}", image=pixels, mask=torch.from_numpy(np.asarray(mask).astype(np.int64)))
+        return Sample(id=self.sample_id(index), image=pixels, mask=torch.from_numpy(np.asarray(mask).astype(np.int64)))
+
+    def sample_id(self, index: int) -> str:
+        return f"seg_{index:05d}"

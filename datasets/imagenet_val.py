@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from xaibench.datasets.image_folder import open_rgb
 from xaibench.types import DatasetAdapter, Sample
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,9 @@ class ImageNetVal(DatasetAdapter):
         path, label = self.samples[index]
         return Sample(id=path.stem, label=label, image=self.load_image(path))
 
+    def sample_id(self, index: int) -> str:
+        return self.samples[index][0].stem
+
     def class_names(self) -> Sequence[str] | None:
         """Names indexed by label (1000 in the ``imagenet1k`` label space), from ``LOC_synset_mapping.txt``,
         the devkit's ``meta.mat`` words, or timm's ImageNet lemmas."""
@@ -242,8 +246,7 @@ class ImageNetVal(DatasetAdapter):
         scaling to ``[0, 1]`` is torchvision ``ToTensor``'s (``uint8 -> float32 / 255``).
         """
         size = self.image_size
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        img = open_rgb(path)
         if self.resize_mode == "squash":
             img = img.resize((size, size), Image.BILINEAR)
         else:

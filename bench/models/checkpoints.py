@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -21,12 +23,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError for a truncated or foreign file
+            raise ValueError(f"cannot read checkpoint {path}: {exc} (expected a complete .safetensors file)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or pickled files
+    except pickle.UnpicklingError:
         raise ValueError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+            f"cannot read checkpoint {path}: it holds Python objects other than tensors and plain containers; "
+            "arbitrary pickles are refused (expected a state dict saved with torch.save, or .safetensors)"
+        ) from None
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0] if str(exc) else "")
+        raise ValueError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {detail} "
             "(expected a state dict saved with torch.save; arbitrary pickles are refused)"
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):

@@ -94,7 +94,11 @@ def load_vit_checkpoint(model: nn.Module, path: str | Path, arch: str | None = N
         return
     from timm.models import vision_transformer as vt
 
-    state = vt.checkpoint_filter_fn(state, model)
+    try:
+        state = vt.checkpoint_filter_fn(state, model)
+    except Exception:  # timm cannot adapt it (e.g. a position embedding of no square grid): name the keys
+        load_state_checked(model, state, path)
+        raise
     if not has_classifier(model):
         dropped = sorted(k for k in state if k.split(".")[0] in ("head", "head_dist") and k not in own)
         if dropped:

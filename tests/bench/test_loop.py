@@ -320,3 +320,29 @@ def test_on_error_raise_names_the_sample(tmp_path) -> None:
             LoopConfig(device="cpu", batch_size=2),
         )
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_loader_workers_collate_and_give_the_same_records(tmp_path) -> None:
+    """num_workers > 0: samples are read and collated in worker processes; the records do not change."""
+    ds = SyntheticShapes(size=7, image_size=32)
+    for workers in (0, 2):
+        run_job(
+            ds,
+            tiny_vit(),
+            Rollout(),
+            {"segmentation": Segmentation()},
+            tmp_path / str(workers),
+            LoopConfig(batch_size=3, num_workers=workers, spot_check=0),
+        )
+    for name in ("metrics.json", "scores.csv"):
+        assert (tmp_path / "0" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+
+
+@pytest.mark.gpu
+def test_batches_are_pinned_and_moved_without_blocking() -> None:
+    model = tiny_vit()
+    model.to(device=torch.device("cuda"))
+    batch = model.collate([SyntheticShapes(size=2, image_size=32)[i] for i in range(2)]).pin_memory()
+    assert batch.inputs.is_pinned() and batch.labels.is_pinned() and batch.images.is_pinned()
+    moved = model.batch_to(batch)
+    assert moved.inputs.device.type == "cuda" and torch.equal(moved.inputs.cpu(), batch.inputs)

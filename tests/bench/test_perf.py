@@ -17,3 +17,27 @@ def test_bench_times_every_image_method_and_writes_results(tmp_path) -> None:
     md = perf.write(frame, tmp_path, torch.device("cpu"))
     csv = pd.read_csv(md.with_suffix(".csv"))
     assert len(csv) == len(frame) and "rollout" in md.read_text()
+
+
+def test_checks_compare_with_the_targets_and_batch_one() -> None:
+    rows = [
+        ("rollout", 1, 0.10, 1.0),
+        ("rollout", 16, 0.05, 1.1),  # per image halves: batching pays; ratio 1.1 <= 1.2
+        ("full_lrp", 1, 0.50, 5.0),
+        ("full_lrp", 16, 0.60, 6.5),  # per image grows and the ratio misses its 6x target
+        ("grad_rollout", 1, 0.2, 2.0),
+        ("grad_rollout", 16, 0.1, 2.0),  # no target
+    ]
+    frame = pd.DataFrame(
+        [
+            {"model": "vit_base", "method": m, "batch": b, "s_per_image": s, "ratio": r, "device": "cpu-2cores"}
+            for m, b, s, r in rows
+        ]
+    )
+    got = perf.checks(frame).set_index("method")
+    assert got.loc["rollout", "meets_target"] and got.loc["rollout", "batching_never_costs"]
+    assert got.loc["rollout", "per_image_b16_over_b1"] == 0.5
+    assert not got.loc["full_lrp", "meets_target"] and not got.loc["full_lrp", "batching_never_costs"]
+    assert got.loc["grad_rollout", "target"] is None or pd.isna(got.loc["grad_rollout", "target"])
+    cuda = perf.checks(frame.assign(device="cuda-H100")).set_index("method")
+    assert not cuda.loc["rollout", "batching_never_costs"]  # on CUDA batching must cut per-image time to 1/4
