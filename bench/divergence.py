@@ -160,11 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.samples < 1:
         parser.error("--samples must be >= 1")
-    for dev in [d for d in args.devices.split(",") if d]:
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            log.info("no CUDA device: skipping %s", dev)
-            continue
-        device = torch.device(dev)
+    from xaibench.perf import devices
+
+    for device in devices(args.devices):
         methods = [m for m in args.methods.split(",") if m] or None
         frame = run([m for m in args.models.split(",") if m], args.samples, device, methods)
         print(write(frame, Path(args.out), device, args.samples).read_text())

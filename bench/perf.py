@@ -113,19 +113,35 @@ def _peak_mib(device: torch.device) -> float | None:
     return None
 
 
+def _clock(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn`` takes, waiting for the GPU's queued work before and after on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def devices(spec: str) -> list[torch.device]:
+    """The devices of a comma list (``cpu,cuda``); CUDA ones are left out, with a log line, without CUDA."""
+    out = []
+    for name in (d for d in spec.split(",") if d):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            log.info("no CUDA device: skipping %s", name)
+            continue
+        out.append(torch.device(name))
+    return out
+
+
 def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float | None]:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up, and the peak memory (MiB)."""
     fn()
     times = []
     _peak_reset()
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(_clock(fn, device))
     return statistics.median(times), _peak_mib(device)
 
 
@@ -148,13 +164,7 @@ def timed_pair(
         for k, f in enumerate((reference, fn)):
             if k == 1:
                 _peak_reset()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            f()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            pair.append(time.perf_counter() - t0)
+            pair.append(_clock(f, device))
         mem = _peak_mib(device)
         peak = mem if peak is None or (mem is not None and mem > peak) else peak
         pairs.append(pair)
@@ -296,11 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    for dev in [d for d in args.devices.split(",") if d]:
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            log.info("no CUDA device: skipping %s", dev)
-            continue
-        device = torch.device(dev)
+    for device in devices(args.devices):
         frame = run(
             [m for m in args.models.split(",") if m],
             [int(b) for b in args.batch_sizes.split(",")],
@@ -327,10 +333,6 @@ def main(argv: list[str] | None = None) -> None:
             + "\n"
         )
         print(path.read_text())
-
-
-if __name__ == "__main__":
-    main()
 
 
 MEMORY_PROBE = """
@@ -371,3 +373,7 @@ def memory_scaling(sizes: tuple[int, ...] = (200, 2000)) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame["ratio_to_smallest"] = frame["peak_mib"] / frame["peak_mib"].iloc[0]
     return frame
+
+
+if __name__ == "__main__":
+    main()

@@ -29,8 +29,8 @@ Maps are raw method outputs: no upsampling, no min-max.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import ClassVar, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -56,6 +56,17 @@ class _Network:
     family: Family
     depth: int
     normalize_rollout: bool
+    net: nn.Module
+
+    @staticmethod
+    def _pass() -> Callable[..., Relevance]:
+        """The family's relevance pass (``vit_relevance`` or ``bert_relevance``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _inputs(batch: Batch) -> Any:
+        """``batch.inputs``, checked for the family."""
+        raise NotImplementedError
 
     def relevance(
         self,
@@ -68,7 +79,15 @@ class _Network:
         input_relevance: bool = False,
     ) -> Relevance:
         """One relevance pass (see :func:`~xaibench.methods._lrp.vit.vit_relevance`)."""
-        raise NotImplementedError
+        return self._pass()(
+            self.net,
+            self._inputs(batch),
+            target,
+            preset,
+            blocks=blocks,
+            gradients=gradients,
+            input_relevance=input_relevance,
+        )
 
     def row_map(self, row: torch.Tensor, batch: Batch, cls: Literal["zero", "min"]) -> torch.Tensor:
         """``[B, n]`` values over all tokens -> the map the metrics read."""
@@ -84,38 +103,22 @@ class _ViT(_Network):
     normalize_rollout = False
 
     def __init__(self, adapter: ModelAdapter, vit: nn.Module) -> None:
-        self.vit = vit
+        self.net = vit
         self.depth = len(vit.blocks)
         self.prefix = int(getattr(adapter, "num_prefix_tokens", vit.num_prefix_tokens))
         self.grid = tuple(int(g) for g in vit.patch_embed.grid_size)
+
+    @staticmethod
+    def _pass() -> Callable[..., Relevance]:
+        from xaibench.methods._lrp.vit import vit_relevance
+
+        return vit_relevance
 
     @staticmethod
     def _inputs(batch: Batch) -> torch.Tensor:
         if not isinstance(batch.inputs, torch.Tensor) or batch.inputs.dim() != 4:
             raise TypeError("relevance methods on a ViT need batch.inputs as a [B, 3, H, W] image tensor")
         return batch.inputs
-
-    def relevance(
-        self,
-        batch: Batch,
-        target: torch.Tensor | None,
-        preset: RulePreset,
-        *,
-        blocks: Sequence[int] = (),
-        gradients: bool = False,
-        input_relevance: bool = False,
-    ) -> Relevance:
-        from xaibench.methods._lrp.vit import vit_relevance
-
-        return vit_relevance(
-            self.vit,
-            self._inputs(batch),
-            target,
-            preset,
-            blocks=blocks,
-            gradients=gradients,
-            input_relevance=input_relevance,
-        )
 
     def row_map(self, row: torch.Tensor, batch: Batch, cls: Literal["zero", "min"]) -> torch.Tensor:
         # the prefix tokens (CLS, registers, ...) are dropped, so the CLS convention does not matter
@@ -131,8 +134,14 @@ class _Bert(_Network):
 
     def __init__(self, adapter: ModelAdapter, bert: nn.Module) -> None:
         self.adapter = adapter
-        self.bert = bert
+        self.net = bert
         self.depth = len(bert.bert.encoder.layer)
+
+    @staticmethod
+    def _pass() -> Callable[..., Relevance]:
+        from xaibench.methods._lrp.bert import bert_relevance
+
+        return bert_relevance
 
     @staticmethod
     def _inputs(batch: Batch) -> Mapping[str, torch.Tensor]:
@@ -142,28 +151,6 @@ class _Bert(_Network):
                 "'attention_mask' (HFBert.collate)"
             )
         return batch.inputs
-
-    def relevance(
-        self,
-        batch: Batch,
-        target: torch.Tensor | None,
-        preset: RulePreset,
-        *,
-        blocks: Sequence[int] = (),
-        gradients: bool = False,
-        input_relevance: bool = False,
-    ) -> Relevance:
-        from xaibench.methods._lrp.bert import bert_relevance
-
-        return bert_relevance(
-            self.bert,
-            self._inputs(batch),
-            target,
-            preset,
-            blocks=blocks,
-            gradients=gradients,
-            input_relevance=input_relevance,
-        )
 
     def row_map(self, row: torch.Tensor, batch: Batch, cls: Literal["zero", "min"]) -> torch.Tensor:
         inputs = self._inputs(batch)

@@ -6,10 +6,8 @@ Trained once on CPU (about a minute on 2 cores), deterministically, and cached u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from xaibench.datasets.synthetic import CLASSES, SyntheticShapes
+from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.timm_vit import TimmViT
 
 log = logging.getLogger(__name__)
@@ -91,20 +90,16 @@ def train_shapes_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, float]:
 
 def shapes_vit(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> TimmViT:
     """The trained demo ViT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_dir).expanduser() / "models"
-    weights = folder / f"shapes_vit-{digest}.pt"
-    info = weights.with_suffix(".json")
-    if retrain or not weights.is_file():
-        log.info("training the synthetic_shapes ViT once (cached at %s)", weights)
+    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
+    weights = Path(cache_dir).expanduser() / "models" / f"shapes_vit-{digest}.pt"
+
+    def build(tmp: Path) -> None:
         model, accuracy = train_shapes_vit(recipe)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, weights)
-        info.write_text(json.dumps({"recipe": recipe, "heldout_accuracy": accuracy}, indent=2))
+        weights.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "heldout_accuracy": accuracy}, indent=2))
         log.info("synthetic_shapes ViT held-out accuracy: %.3f", accuracy)
+
+    build_once(weights, build, weights, retrain, "synthetic_shapes ViT")
     return TimmViT(
         timm_kwargs=_kwargs(recipe),
         checkpoint_path=str(weights),

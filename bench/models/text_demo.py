@@ -6,17 +6,14 @@ once on CPU with ``xaibench.finetune`` and cached under ``cache_dir`` keyed by a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xaibench.datasets.synthetic_text import SyntheticText, write_vocab
+from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.hf_bert import HFBert, bert_tokenizer_from_vocab
 
 log = logging.getLogger(__name__)
@@ -74,21 +71,18 @@ def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[s
 
 def synthetic_text_bert(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> HFBert:
     """The trained text-demo BERT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
     folder = Path(cache_dir).expanduser() / "models" / f"synthetic_text_bert-{digest}"
-    if retrain or not (folder / "config.json").is_file():
+
+    def build(tmp: Path) -> None:
         from xaibench.finetune import save
 
-        log.info("training the synthetic_text BERT once (cached at %s)", folder)
-        tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         vocab = write_vocab(tmp / "vocab_src.txt")
         adapter, summary = train_text_bert(recipe, vocab)
         save(adapter, tmp, {"recipe": recipe, **summary})
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
         log.info("synthetic_text BERT validation accuracy: %.3f", summary["best_val"]["accuracy"])
+
+    build_once(folder, build, folder / "config.json", retrain, "synthetic_text BERT")
     return HFBert(
         checkpoint=str(folder),
         local_files_only=True,

@@ -229,7 +229,7 @@ class AddZ(Function):
         return None, None, Ra, Rb
 
 
-class AddRescaled(Function):
+class AddRescaled(AddZ):
     """z-rule for ``y = a + b`` followed by rescaling so each sample's total relevance is conserved.
 
     Preset ``ours`` (reference ``layers_ours.Add.relprop``, REFERENCE §2)::
@@ -241,20 +241,16 @@ class AddRescaled(Function):
     reference sums over the whole batch tensor, which mixes samples (REFERENCE §8 items 7-8). For a
     batch of one both agree. All divisions are ``safe_divide``.
 
-    ``apply(state, out, a, b)`` with ``out = a + b`` ``[B, ...]``; ``b`` may be broadcast.
+    ``apply(state, out, a, b)`` with ``out = a + b`` ``[B, ...]``; ``b`` may be broadcast. The forward and
+    the z-rule are :class:`AddZ`'s.
     """
 
     @staticmethod
-    def forward(ctx: Any, state: RuleState, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
-        _setup(ctx, state, out, a, b)
-        return out
-
-    @staticmethod
     def backward(ctx: Any, R: torch.Tensor | None) -> tuple:
+        grads = AddZ.backward(ctx, R)
         if R is None or not ctx.state.relevance:
-            return None, R, None, None
-        out, a, b = ctx.saved_tensors
-        Ra, Rb = _add_z(R, out, a, b)
+            return grads
+        _, _, Ra, Rb = grads
         sa, sb, sr = _sum_per_sample(Ra), _sum_per_sample(Rb), _sum_per_sample(R)
         total = sa.abs() + sb.abs()
         fa = safe_divide(sa.abs(), total) * sr

@@ -41,3 +41,21 @@ def test_checks_compare_with_the_targets_and_batch_one() -> None:
     assert got.loc["grad_rollout", "target"] is None or pd.isna(got.loc["grad_rollout", "target"])
     cuda = perf.checks(frame.assign(device="cuda-H100")).set_index("method")
     assert not cuda.loc["rollout", "batching_never_costs"]  # on CUDA batching must cut per-image time to 1/4
+
+
+def test_make_bench_entry_point_writes_every_table(tmp_path) -> None:
+    """``python -m xaibench.perf`` as make bench runs it: timing, checks, divergence and memory tables."""
+    import subprocess
+    import sys
+
+    args = ["--models", "vit_micro", "--batch-sizes", "1,2", "--repeats", "1", "--methods", "rollout,full_lrp"]
+    args += ["--devices", "cpu", "--divergence-models", "vit_micro", "--divergence-samples", "2"]
+    args += ["--memory-sizes", "20,40", "--out", str(tmp_path)]
+    out = subprocess.run([sys.executable, "-m", "xaibench.perf", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("cpu-2cores", "cpu-2cores_checks", "divergence_cpu-2cores"):
+        name = name.replace("2cores", f"{perf.os.cpu_count()}cores")
+        assert (tmp_path / f"{name}.csv").is_file(), name
+    assert "batching_never_costs" in (tmp_path / f"cpu-{perf.os.cpu_count()}cores.md").read_text()
+    memory = (tmp_path / "memory.md").read_text()
+    assert "| 20 |" in memory and "| 40 |" in memory
