@@ -35,3 +35,16 @@ def test_table_over_methods_and_weights_come_back_unchanged(tmp_path) -> None:
 def test_unknown_model_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown divergence model 'nope'; supported: shapes_vit"):
         divergence.build("nope", 1)
+
+
+@pytest.mark.gpu
+def test_reduced_precision_rows_on_cuda_and_weights_restored() -> None:
+    model, batch = divergence.build("vit_micro", 2)
+    model.to(device=torch.device("cuda"))
+    before = model.weights_hash()
+    for low in (torch.bfloat16, torch.float16):
+        d = divergence.precision_divergence(model, Rollout(), batch, None, low)
+        assert len(d) == 2 and bool(torch.isfinite(d).all()) and float(d.max()) < 0.1
+    assert model.dtype == torch.float32 and model.weights_hash() == before  # bf16 round trip undone from a copy
+    frame = divergence.run(["vit_micro"], 2, torch.device("cuda"), ["rollout"])
+    assert set(frame["precision"]) == {"float32", "bfloat16", "float16"}
