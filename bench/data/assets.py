@@ -20,7 +20,18 @@ FORMATS = ("mat", "safetensors", "tar", "zip")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_FIELDS = {"description", "url", "file", "sha256", "format", "extract_to", "expect", "check_path", "instructions"}
+_FIELDS = {
+    "description",
+    "url",
+    "file",
+    "sha256",
+    "format",
+    "extract_to",
+    "expect",
+    "check_path",
+    "instructions",
+    "optional",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class Asset:
         check_path: for manual assets, the folder whose presence means "already done".
         instructions: for manual assets, what to download and where to put it; ``{root}``, ``{parent}``
             and ``{data_dir}`` are filled in.
+        optional: fetched only when named (``xaibench-data deit_base``), not by ``make data``: e.g. the
+            weights of the other ViT families, which the CVPR 2021 tables do not need.
     """
 
     name: str
@@ -52,6 +65,7 @@ class Asset:
     expect: tuple[str, ...] = ()
     check_path: str | None = None
     instructions: str | None = None
+    optional: bool = False
 
     @property
     def manual(self) -> bool:
@@ -109,6 +123,9 @@ def _parse_asset(name: str, spec: Any) -> Asset:
         )
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ValueError(f"asset {name!r}: url must be an http(s) URL, got {url!r}")
+    optional = spec.get("optional", False)
+    if not isinstance(optional, bool):
+        raise ValueError(f"asset {name!r}: optional must be true or false, got {optional!r}")
     extract_to = spec.get("extract_to")
     if extract_to is not None and fmt not in ("tar", "zip"):
         raise ValueError(f"asset {name!r}: extract_to needs format tar or zip")
@@ -121,6 +138,7 @@ def _parse_asset(name: str, spec: Any) -> Asset:
         format=fmt,
         extract_to=_relative_path(name, "extract_to", extract_to) if extract_to is not None else None,
         expect=tuple(expect),
+        optional=optional,
     )
 
 

@@ -219,7 +219,7 @@ def _print_list(assets: dict[str, Asset], data_dir: Path) -> None:
                 check = "sha256 pinned on first use"
             else:
                 check = "no sha256 (trust on first use)"
-            print(f"  {a.name:<16} {state:<8} {check}")
+            print(f"  {a.name:<16} {state:<8} {check}{'; optional: fetched only by name' if a.optional else ''}")
             print(f"  {'':<16} {'':<8} {data_dir / a.extract_to if a.extract_to else target}")
         if a.description:
             print(f"  {'':<16} {'':<8} {' '.join(a.description.split())}")
@@ -230,7 +230,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="xaibench-data",
         description=(
             "Fetch xaibench's data sets and weights into the data folder (resumable, checksummed, "
-            "extracted safely). Without ASSET, every downloadable asset is fetched."
+            "extracted safely). Without ASSET, every downloadable asset but the optional ones (other model families' weights) is fetched."
         ),
         epilog=(
             "Checksums: an asset whose SHA-256 is not recorded is trusted on first use (its SHA-256 is "
@@ -301,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         _fail(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(assets)}")
         return EXIT_USAGE
-    names = list(dict.fromkeys(args.assets)) or [n for n, a in assets.items() if not a.manual]
+    names = list(dict.fromkeys(args.assets)) or [n for n, a in assets.items() if not a.manual and not a.optional]
 
     failed = manual_missing = 0
     for name in names:

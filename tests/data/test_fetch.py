@@ -383,7 +383,9 @@ def test_archive_without_expected_entries_is_an_error(tmp_path: Path) -> None:
 
 def test_packaged_asset_list() -> None:
     assets = load_assets()
-    assert list(assets) == ["imagenet_seg", "eraser_movies", "vit_base", "imagenet_val"]
+    families = ["deit_base", "deit_base_distilled", "dinov2_vits14", "dinov2_vits14_reg", "mae", "clip"]
+    assert list(assets) == ["imagenet_seg", "eraser_movies", "vit_base", *families, "imagenet_val"]
+    assert [n for n, a in assets.items() if a.optional] == families
     assert assets["imagenet_seg"].url == "http://calvin-vision.net/bigstuff/proj-imagenet/data/gtsegs_ijcv.mat"
     assert assets["eraser_movies"].url == "http://www.eraserbenchmark.com/zipped/movies.tar.gz"
     assert assets["eraser_movies"].extract_to == "movies"
@@ -393,6 +395,36 @@ def test_packaged_asset_list() -> None:
     assert assets["imagenet_val"].manual
     for a in assets.values():
         assert a.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", a.sha256)
+
+
+@pytest.mark.parametrize(
+    "name", ["vit_base", "deit_base", "deit_base_distilled", "dinov2_vits14", "dinov2_vits14_reg", "mae", "clip"]
+)
+def test_weight_assets_are_where_their_model_configs_look(name: str, tmp_path: Path) -> None:
+    """`xaibench-data <family>` puts the weights at the model config's checkpoint_path, from timm's hub repo."""
+    from xaibench.compose import compose_config
+
+    cfg = compose_config([f"model={name}", f"paths.data_dir={tmp_path}"])
+    asset = load_assets()[name]
+    assert cfg.model.checkpoint_path == str(tmp_path / asset.file)
+    assert asset.url == f"https://huggingface.co/timm/{cfg.model.arch}/resolve/main/model.safetensors"
+
+
+def test_optional_assets_are_fetched_by_name_only(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    mirror.files["deit_base_patch16_224.fb_in1k.safetensors"] = struct.pack("<Q", len(header)) + header + bytes(4)
+    data = tmp_path / "data"
+    assert main(["deit_base", "--data-dir", str(data), "--base-url", mirror.url, "--quiet"]) == EXIT_OK
+    assert (data / "weights" / "deit_base_patch16_224.fb_in1k.safetensors").is_file()
+    assert mirror.log and all(name == "deit_base_patch16_224.fb_in1k.safetensors" for name, _, _ in mirror.log)
+    capsys.readouterr()
+    assert main(["--list", "--data-dir", str(data)]) == EXIT_OK
+    listing = capsys.readouterr().out
+    assert listing.count("optional: fetched only by name") == 6
+    with pytest.raises(ValueError, match="optional must be true or false"):
+        load_assets(_write_asset_list(tmp_path / "o.yaml", {"x": {"url": "http://h/x", "file": "x", "optional": "y"}}))
 
 
 def test_asset_list_validation(tmp_path: Path) -> None:
@@ -443,7 +475,7 @@ def test_cli_unknown_asset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["imagenet_sge", "--data-dir", str(tmp_path)]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "unknown asset(s) imagenet_sge" in err and "imagenet_seg, eraser_movies, vit_base, imagenet_val" in err
+    assert "unknown asset(s) imagenet_sge" in err and "imagenet_seg, eraser_movies, vit_base, deit_base" in err
 
 
 def test_cli_imagenet_val_prints_instructions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
