@@ -9,7 +9,7 @@ Hydra.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +40,15 @@ class Sample:
     rationale: tuple[tuple[int, int], ...] | None = None
 
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to a tensor, or to every tensor value of a (nested) mapping; anything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
 @dataclass(frozen=True)
 class Batch:
     """A collated, model-ready batch of ``B`` samples.
@@ -68,20 +77,14 @@ class Batch:
         """A copy with every CPU tensor in page-locked memory (the DataLoader calls this with
         ``pin_memory=True``), so the copy to the GPU can overlap compute."""
 
-        def pin(t: Any) -> Any:
-            if isinstance(t, torch.Tensor):
-                return t.pin_memory()
-            if isinstance(t, Mapping):
-                return {k: pin(v) for k, v in t.items()}
-            return t
-
+        pin = torch.Tensor.pin_memory
         return Batch(
             ids=self.ids,
-            inputs=pin(self.inputs),
+            inputs=map_tensors(self.inputs, pin),
             labels=pin(self.labels),
-            images=pin(self.images),
-            masks=pin(self.masks),
-            extras=pin(self.extras),
+            images=map_tensors(self.images, pin),
+            masks=map_tensors(self.masks, pin),
+            extras=map_tensors(self.extras, pin),
         )
 
 
@@ -178,17 +181,13 @@ class ModelAdapter(ABC):
         """Move a batch's model inputs to the model's device (and float inputs to its dtype)."""
         device, dtype = self.device, self.dtype
 
-        def move(t: Any) -> Any:
-            if isinstance(t, torch.Tensor):
-                t = t.to(device, non_blocking=t.is_pinned())
-                return t.to(dtype) if t.is_floating_point() else t
-            if isinstance(t, Mapping):
-                return {k: move(v) for k, v in t.items()}
-            return t
+        def to_device(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device, non_blocking=t.is_pinned())
+            return t.to(dtype) if t.is_floating_point() else t
 
         return Batch(
             ids=batch.ids,
-            inputs=move(batch.inputs),
+            inputs=map_tensors(batch.inputs, to_device),
             labels=batch.labels.to(device),
             images=batch.images,
             masks=batch.masks,
