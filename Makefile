@@ -42,7 +42,7 @@ format: install ## Apply ruff format and safe fixes
 demo: install ## Run the default benchmarks (image and text) offline and print their tables
 	$(BIN)/xaibench
 
-data: install ## Fetch gtsegs_ijcv.mat, ERASER movies and ViT-B/16 weights into $$XAIBENCH_DATA (~/.cache/xaibench/data)
+data: install ## Fetch gtsegs_ijcv.mat, ERASER movies and ViT-B/16 weights into $XAIBENCH_DATA (~/.cache/xaibench/data)
 	$(BIN)/xaibench-data $(DATA_ARGS)
 
 reproduce-cvpr21: install ## Run the CVPR 2021 sweeps (LIMIT=N: first N samples each), then build results/cvpr21
@@ -51,7 +51,7 @@ reproduce-cvpr21: install ## Run the CVPR 2021 sweeps (LIMIT=N: first N samples 
 tables: install ## Rebuild results/cvpr21 (tables, figures) from the run records under outputs/cvpr21
 	$(BIN)/xaibench-tables $(TABLES_ARGS)
 
-bench: install ## Time every method vs a plain forward (vit_base, bert_base; CPU and CUDA) -> results/bench/
+bench: install ## Time every method vs a forward (vit_base, bert_base; CPU, CUDA), rounding divergence, memory -> results/bench/
 	$(BIN)/python -m xaibench.perf $(BENCH_ARGS)
 
 clean: ## Remove run outputs and caches of this checkout (not .venv)
