@@ -213,10 +213,19 @@ class HFBert(ModelAdapter):
     @staticmethod
     def _from_pretrained(checkpoint: str, local_files_only: bool) -> tuple[nn.Module, Any]:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            checkpoint, attn_implementation="eager", local_files_only=local_files_only
-        )
+        # a local directory loads in moments: no per-load progress bar in every job's log (hub downloads keep it)
+        quiet = Path(checkpoint).is_dir() and hf_logging.is_progress_bar_enabled()
+        if quiet:
+            hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                checkpoint, attn_implementation="eager", local_files_only=local_files_only
+            )
+        finally:
+            if quiet:
+                hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=local_files_only)
         return model, tokenizer
 
