@@ -157,19 +157,15 @@ def timed_pair(
     """
     reference()
     fn()
-    pairs = []
-    peak: float | None = None
+    refs, secs, peaks = [], [], []
     for _ in range(repeats):
-        pair = []
-        for k, f in enumerate((reference, fn)):
-            if k == 1:
-                _peak_reset()
-            pair.append(_clock(f, device))
-        mem = _peak_mib(device)
-        peak = mem if peak is None or (mem is not None and mem > peak) else peak
-        pairs.append(pair)
-    ref, sec = (statistics.median(p[k] for p in pairs) for k in (0, 1))
-    return sec, ref, statistics.median(p[1] / p[0] for p in pairs), peak
+        refs.append(_clock(reference, device))
+        _peak_reset()
+        secs.append(_clock(fn, device))
+        peaks.append(_peak_mib(device))
+    known = [p for p in peaks if p is not None]
+    ratio = statistics.median(s / r for s, r in zip(secs, refs, strict=True))
+    return statistics.median(secs), statistics.median(refs), ratio, max(known) if known else None
 
 
 def device_label(device: torch.device) -> str:
@@ -198,8 +194,8 @@ def run(
                 with torch.inference_mode():
                     model.logits(batch.inputs)
 
-            fwd, fwd_mem = timed(forward, 1, device)
-            log.info("%s b=%d forward %.3f s/img", model_name, b, fwd / b)
+            alone, fwd_mem = timed(forward, 1, device)  # the forward's own peak memory (and a log line)
+            log.info("%s b=%d forward %.3f s/img", model_name, b, alone / b)
             for name, cfg in configs.items():
                 method = instantiate(cfg)
                 if model.modality not in method.modalities:
@@ -306,13 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    methods = [m for m in args.methods.split(",") if m] or None
     for device in devices(args.devices):
         frame = run(
             [m for m in args.models.split(",") if m],
             [int(b) for b in args.batch_sizes.split(",")],
             args.repeats,
             device,
-            [m for m in args.methods.split(",") if m] or None,
+            methods,
             args.seq_len,
         )
         path = write(frame, Path(args.out), device)
@@ -321,7 +318,6 @@ def main(argv: list[str] | None = None) -> None:
             from xaibench import divergence
 
             models = [m for m in args.divergence_models.split(",") if m]
-            methods = [m for m in args.methods.split(",") if m] or None
             found = divergence.run(models, args.divergence_samples, device, methods)
             print(divergence.write(found, Path(args.out), device, args.divergence_samples).read_text())
     if args.memory_sizes:

@@ -76,7 +76,6 @@ class Batch:
     def pin_memory(self) -> Batch:
         """A copy with every CPU tensor in page-locked memory (the DataLoader calls this with
         ``pin_memory=True``), so the copy to the GPU can overlap compute."""
-
         pin = torch.Tensor.pin_memory
         return Batch(
             ids=self.ids,

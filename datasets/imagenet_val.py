@@ -218,7 +218,7 @@ class ImageNetVal(DatasetAdapter):
 
     def __getitem__(self, index: int) -> Sample:
         path, label = self.samples[index]
-        return Sample(id=path.stem, label=label, image=self.load_image(path))
+        return Sample(id=self.sample_id(index), label=label, image=self.load_image(path))
 
     def sample_id(self, index: int) -> str:
         return self.samples[index][0].stem
