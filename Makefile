@@ -31,9 +31,10 @@ test: install ## Run the fast test suite (no network, no GPU needed)
 test-all: install ## Run every test, slow ones included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff check and ruff format --check
+lint: install ## ruff check, ruff format --check, and the layer contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/lint_imports.py
 
 format: install ## Apply ruff format and safe fixes
 	$(BIN)/ruff check --fix .
@@ -52,7 +53,7 @@ tables: install ## Rebuild results/cvpr21 (tables, figures) from the run records
 	$(BIN)/xaibench-tables $(TABLES_ARGS)
 
 bench: install ## Time every method vs a forward (vit_base, bert_base; CPU, CUDA), rounding divergence, memory -> results/bench/
-	$(BIN)/python -m xaibench.perf $(BENCH_ARGS)
+	$(BIN)/python -m xaibench.apps.bench $(BENCH_ARGS)
 
 clean: ## Remove run outputs and caches of this checkout (not .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

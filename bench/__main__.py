@@ -1,5 +1,5 @@
 """``python -m xaibench`` is the ``xaibench`` command."""
 
-from xaibench.cli import main
+from xaibench.apps.cli import main
 
 main()

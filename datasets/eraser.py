@@ -8,24 +8,62 @@ Layout (``movies.tar.gz`` from eraserbenchmark.com)::
                                  {docid, start_token, end_token (exclusive), start_sentence, ...}
 
 ``root/docs.jsonl`` (``{"docid", "document"}`` per line) is read instead when ``root/docs/`` is absent.
-A sample's words are the whitespace split of its document (the token indices of the evidence spans refer
-to it), its label the class index, its rationale every evidence span of every group (REFERENCE §6:
-``Rationale.from_annotation`` → ``to_token_level``). Movie reviews have one document per annotation.
+A sample's words are its document's tokens as ERASER's loader makes them (the token indices of the evidence
+spans refer to these): ``docs/<docid>`` is read line by line, each line stripped, empty lines dropped and
+the rest split on ``' '`` with empty tokens dropped; a ``docs.jsonl`` document is split on ``'\n'``, each
+line stripped and split on ``' '`` with empty tokens *kept* (``rationale_benchmark/utils.py``
+``load_documents`` / ``load_documents_from_file``). Other whitespace (a tab, a no-break space) therefore
+stays inside a token, as in ERASER; ``str.split()`` would split there and shift every later evidence span.
+Such documents are warned about at load. Its label is the class index, its rationale every evidence span of
+every group (REFERENCE §6: ``Rationale.from_annotation`` → ``to_token_level``). Movie reviews have one
+document per annotation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xaibench.types import DatasetAdapter, Sample
+from xaibench.core.types import DatasetAdapter, RequiredAsset, Sample, path_asset
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+#: names of whitespace characters without a Unicode name (control characters)
+_CONTROL_NAMES = {
+    "\t": "tab",
+    "\r": "carriage return",
+    "\x0b": "vertical tab",
+    "\x0c": "form feed",
+    "\x85": "next line",
+}
+
+
+def tokenize_document(text: str, docs_jsonl: bool = False) -> list[str]:
+    """ERASER's tokens of a document (``rationale_benchmark/utils.py``): lines split on ``' '`` only.
+
+    Args:
+        text: the document (line breaks already universal, as ``open(...).readlines()`` reads them, for
+            ``docs/<docid>`` files; the raw JSON string for ``docs.jsonl``).
+        docs_jsonl: ``load_documents_from_file``'s rules (empty lines and the empty tokens of consecutive
+            spaces are kept as tokens) instead of ``load_documents``' (both dropped).
+    """
+    lines = [line.strip() for line in text.split("\n")]
+    if docs_jsonl:
+        return [token for line in lines for token in line.split(" ")]
+    return [token for line in lines if line for token in line.split(" ") if token]
+
+
+def _odd_whitespace(words: Sequence[str]) -> set[str]:
+    """Names of the whitespace characters other than ``' '`` inside ``words`` (plus ``"empty tokens"``)."""
+    found = {c for w in words for c in w if c.isspace()}
+    names = {_CONTROL_NAMES.get(c) or unicodedata.name(c, f"U+{ord(c):04X}").lower() for c in found}
+    return names | ({"empty tokens"} if any(not w for w in words) else set())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -64,6 +102,17 @@ class EraserMovies(DatasetAdapter):
             in several documents.
     """
 
+    @classmethod
+    def required_assets(cls, config: Mapping[str, Any]) -> list[RequiredAsset]:
+        root, split = config.get("root"), str(config.get("split", "test"))
+        if root is None:
+            return []
+        hint = "fetch it with `make data` (or `xaibench-data eraser_movies`)"
+        what = f"ERASER Movie Reviews ({split}.jsonl and docs/)"
+        return path_asset(what, Path(str(root)) / f"{split}.jsonl", hint) or path_asset(
+            what, Path(str(root)) / "docs", hint
+        )
+
     modality = "text"
     provides = frozenset({"label", "rationale"})
 
@@ -92,6 +141,23 @@ class EraserMovies(DatasetAdapter):
             annotations = annotations[: int(limit)]
         self._docs = self._doc_reader()
         self._samples = [self._parse(a, path, i) for i, a in enumerate(annotations)]
+        odd = {}
+        for sample in self._samples:
+            names = _odd_whitespace(sample.words)
+            if names:
+                odd.setdefault(sample.id, names)
+        if odd:
+            first = list(odd.items())[:3]
+            log.warning(
+                "%s: %d of %d documents hold whitespace other than single spaces and line breaks (e.g. %s); "
+                "they are tokenised as ERASER's loader does (lines split on ' ' only, so a tab or no-break space "
+                "stays inside a token%s) and the evidence token indices refer to those tokens",
+                path,
+                len(odd),
+                len(self._samples),
+                "; ".join(f"{doc}: {', '.join(sorted(names))}" for doc, names in first),
+                "; docs.jsonl keeps the empty tokens of consecutive spaces and empty lines" if self._docs else "",
+            )
         empty = [s.id for s in self._samples if not s.rationale]
         if empty:
             log.warning(
@@ -109,7 +175,7 @@ class EraserMovies(DatasetAdapter):
             return None
         flat = self.root / "docs.jsonl"
         if flat.is_file():
-            return {str(r["docid"]): str(r["document"]).split() for r in read_jsonl(flat)}
+            return {str(r["docid"]): tokenize_document(str(r["document"]), docs_jsonl=True) for r in read_jsonl(flat)}
         raise FileNotFoundError(
             f"no documents under {self.root}: expected a docs/ directory (one file per docid) or docs.jsonl"
         )
@@ -123,7 +189,7 @@ class EraserMovies(DatasetAdapter):
         if not path.is_file():
             raise FileNotFoundError(f"document {path} not found (referenced by {self.split}.jsonl)")
         try:
-            return path.read_text(encoding="utf-8").split()
+            return tokenize_document(path.read_text(encoding="utf-8"))  # universal newlines, as readlines()
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 

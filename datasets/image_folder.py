@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from xaibench.types import DatasetAdapter, Sample
+from xaibench.core.types import DatasetAdapter, Sample
 
 #: file suffixes read as images (lower case), as torchvision's ``IMG_EXTENSIONS``
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -25,13 +25,77 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 MIN_IMAGE_SIDE = 8
 
 
+def to_uint8(values: np.ndarray, source: str) -> np.ndarray:
+    """Pixel values of any supported sample type as ``uint8``, scaled by the type's range and rounded.
+
+    ``uint8`` is returned as it is; ``uint16`` (16-bit PNG/PGM/TIFF, MATLAB ``uint16``) is divided by 257
+    (``65535 -> 255``); floating-point values must lie in ``[0, 1]`` and are multiplied by 255. The
+    8-bit result is what every loader resizes (PIL's 8-bit bilinear, as torchvision's ``Resize`` on the
+    reference's images), so a high-bit-depth image keeps its full range at 8-bit precision.
+
+    Args:
+        values: pixel array of any shape.
+        source: what the values are, for the error message (e.g. ``"image /path/x.png"``).
+
+    Raises:
+        ValueError: floats outside ``[0, 1]`` or not finite, or another sample type (signed, 32-bit, bool).
+    """
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind == "u" and values.dtype.itemsize == 2:
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if values.dtype.kind == "f":
+        finite = bool(np.isfinite(values).all())
+        lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if values.size else (0.0, 0.0)
+        if not finite or lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{source} holds floating-point pixel values from {lo:g} to {hi:g}"
+                + ("" if finite else " (and NaN or infinite ones)")
+                + "; expected values in [0, 1] (or 8- or 16-bit unsigned integers)"
+            )
+        return np.rint(values.astype(np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(f"{source} has pixel type {values.dtype}; expected uint8, uint16 or floating point in [0, 1]")
+
+
+def _high_bit_depth_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """An RGB image from a Pillow image with more than 8 bits per sample (modes ``I;16*``, ``I``, ``F``).
+
+    Pillow's ``convert("RGB")`` clips such values at 255 instead of scaling them (a 16-bit gradient
+    becomes 99.6 % white), so they are scaled here: ``I;16*`` by 65535; ``I`` (32-bit integers, how
+    Pillow opens 16-bit PGM files, already scaled to 65535 from their ``maxval``) as 16-bit values;
+    ``F`` must lie in ``[0, 1]``. 16-bit RGB(A) files need none of this: Pillow decodes them to 8 bits.
+    """
+    values = np.asarray(img)
+    if img.mode == "I":
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"image {path} is a 32-bit integer image (mode I) with values {lo} to {hi}; expected samples "
+                "from 0 to 65535 (8- or 16-bit images)"
+            )
+        values = values.astype(np.uint16)
+    elif img.mode.startswith("I;16"):
+        values = values.astype(np.uint16)  # big-/little-endian containers alike
+    return Image.fromarray(to_uint8(values, f"image {path}"), mode="L").convert("RGB")
+
+
+#: Pillow modes with more than 8 bits per sample (greyscale); see :func:`_high_bit_depth_rgb`
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def open_rgb(path: str | Path, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
-    """Decode an image file into an RGB PIL image (grayscale, palette, CMYK and RGBA are converted).
+    """Decode an image file into an 8-bit RGB PIL image.
+
+    Grayscale, palette, CMYK and RGBA are converted as Pillow (and torchvision's loaders) do.
+    High-bit-depth files are scaled to 8 bits over their full range: 16-bit greyscale (modes ``I;16``,
+    ``I``) by ``65535 -> 255``, 32-bit float (mode ``F``) from ``[0, 1]``; 16-bit RGB is reduced to 8 bits
+    by Pillow's decoder (its high byte).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a decodable image (truncated, not an image, unsupported format) or is
-            smaller than ``min_side`` pixels on a side; the message names the file.
+        ValueError: the file is not a decodable image (truncated, not an image, unsupported format), is
+            smaller than ``min_side`` pixels on a side, or holds values outside its type's range (a 32-bit
+            integer image beyond 16 bits, a float image outside ``[0, 1]``); the message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,7 +103,12 @@ def open_rgb(path: str | Path, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
     try:
         with Image.open(path) as img:
             mode, size = img.mode, img.size
-            rgb = img.convert("RGB")  # decodes the pixel data: truncation shows up here
+            if mode in HIGH_BIT_DEPTH_MODES:
+                img.load()  # decodes the pixel data: truncation shows up here
+                high = img.copy()
+            else:
+                high = None
+                rgb = img.convert("RGB")  # decodes the pixel data: truncation shows up here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(
             f"cannot decode image {path}: {exc} (expected a complete JPEG/PNG/... file; the file may be truncated "
@@ -50,7 +119,7 @@ def open_rgb(path: str | Path, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
             f"image {path} is {size[0]}x{size[1]} pixels ({mode}); images smaller than {min_side} px on a side are "
             "refused (their upsampled attribution maps carry no spatial information)"
         )
-    return rgb
+    return _high_bit_depth_rgb(high, path) if high is not None else rgb
 
 
 def load_rgb(

@@ -27,84 +27,43 @@ no normalisation; REFERENCE.md §5): PIL bilinear resize to ``image_size × imag
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
 import logging
 import math
-import re
-import tarfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from xaibench.core.types import DatasetAdapter, RequiredAsset, Sample, path_asset
+from xaibench.datasets._imagenet_layouts import (
+    _LAYOUT_HELP,
+    _WNID,
+    GROUND_TRUTH_FILE,
+    IMAGE_EXTENSIONS,
+    IMAGENET_NUM_CLASSES,
+    IMAGENET_VAL_SIZE,
+    LABEL_SPACES,
+    LAYOUTS,
+    LOC_SOLUTION_FILE,
+    LOC_SYNSET_FILE,
+    META_FILE,
+    ORDERS,
+    RESIZE_MODES,
+    ValLayouts,
+    _Entry,
+    _examples,
+    _imagenet1k_lemmas,
+    imagenet1k_wnids,
+)
 from xaibench.datasets.image_folder import open_rgb
-from xaibench.types import DatasetAdapter, Sample
 
 log = logging.getLogger(__name__)
 
-IMAGENET_NUM_CLASSES = 1000
-IMAGENET_VAL_SIZE = 50_000
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-LAYOUTS = ("auto", "folders", "devkit", "loc_csv")
-RESIZE_MODES = ("squash", "resize_center_crop")
-LABEL_SPACES = ("imagenet1k", "subset")
-ORDERS = ("class", "file")
 
-GROUND_TRUTH_FILE = "ILSVRC2012_validation_ground_truth.txt"
-META_FILE = "meta.mat"
-DEVKIT_NAME = "ILSVRC2012_devkit_t12"
-LOC_SOLUTION_FILE = "LOC_val_solution.csv"
-LOC_SYNSET_FILE = "LOC_synset_mapping.txt"
-
-_WNID = re.compile(r"^n\d{8}$")
-_LAYOUT_HELP = {
-    "folders": "one folder per WordNet id (root/n01440764/*.JPEG)",
-    "devkit": (
-        f"flat ILSVRC2012_val_XXXXXXXX.JPEG files plus the devkit's {GROUND_TRUTH_FILE} and {META_FILE} "
-        f"(or {DEVKIT_NAME}.tar.gz)"
-    ),
-    "loc_csv": f"flat ILSVRC2012_val_XXXXXXXX.JPEG files plus {LOC_SOLUTION_FILE}",
-}
-
-
-def imagenet1k_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids in class-index order (sorted), from timm's bundled list."""
-    return list(_imagenet1k_info()[0])
-
-
-@functools.lru_cache(maxsize=1)
-def _imagenet1k_info() -> tuple[tuple[str, ...], dict[str, str]]:
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo("imagenet-1k")
-    wnids = tuple(info.label_names())
-    if len(wnids) != IMAGENET_NUM_CLASSES or list(wnids) != sorted(wnids):
-        raise RuntimeError("timm's ImageNet-1k synset list is not the expected 1000 sorted WordNet ids")
-    return wnids, info.label_descriptions(as_dict=True)
-
-
-def _imagenet1k_lemmas() -> dict[str, str]:
-    return dict(_imagenet1k_info()[1])
-
-
-def _examples(items: Sequence[str] | set[str], n: int = 5) -> str:
-    items = sorted(items)
-    more = f", ... ({len(items)} in all)" if len(items) > n else ""
-    return ", ".join(str(i) for i in items[:n]) + more
-
-
-@dataclass(frozen=True)
-class _Entry:
-    path: Path
-    wnid: str
-
-
-class ImageNetVal(DatasetAdapter):
+class ImageNetVal(ValLayouts, DatasetAdapter):
     """ImageNet-1k validation images with their ground-truth labels.
 
     Args:
@@ -135,6 +94,13 @@ class ImageNetVal(DatasetAdapter):
         ValueError: the folder does not hold what the configuration asks for (wrong class count, unknown
             WordNet ids, empty class folders, image count different from ``expected_images``).
     """
+
+    @classmethod
+    def required_assets(cls, config: Mapping[str, Any]) -> list[RequiredAsset]:
+        hint = (
+            "ImageNet cannot be redistributed: `xaibench-data imagenet_val` prints what to download and where to put it"
+        )
+        return path_asset("ImageNet validation images", config.get("root"), hint, folder=True)
 
     modality = "image"
     provides = frozenset({"label"})
@@ -221,7 +187,14 @@ class ImageNetVal(DatasetAdapter):
         return Sample(id=self.sample_id(index), label=label, image=self.load_image(path))
 
     def sample_id(self, index: int) -> str:
-        return self.samples[index][0].stem
+        """The image's path below ``root`` without its extension (``n01440764/ILSVRC2012_val_00000293`` in
+        class folders, the file name in flat layouts): unique within the dataset, where a file name alone
+        is not (two class folders may hold files of the same name)."""
+        path = self.samples[index][0]
+        try:
+            return path.relative_to(self.root).with_suffix("").as_posix()
+        except ValueError:  # an image found outside root (never for the supported layouts)
+            return path.with_suffix("").as_posix()
 
     def class_names(self) -> Sequence[str] | None:
         """Names indexed by label (1000 in the ``imagenet1k`` label space), from ``LOC_synset_mapping.txt``,
@@ -304,21 +277,6 @@ class ImageNetVal(DatasetAdapter):
             "or sort the images into WordNet-id class folders"
         )
 
-    def _upward_dirs(self, levels: int = 4) -> list[Path]:
-        dirs = [self.root]
-        for parent in self.root.resolve().parents:
-            if len(dirs) > levels:
-                break
-            dirs.append(parent)
-        return dirs
-
-    def _find_upwards(self, name: str) -> Path | None:
-        for folder in self._upward_dirs():
-            if (folder / name).is_file():
-                return folder / name
-        return None
-
-    # -- folders ----------------------------------------------------------------------------------
     def _scan_folders(self) -> list[_Entry]:
         class_dirs = self._class_dirs()
         if not class_dirs:
@@ -326,7 +284,15 @@ class ImageNetVal(DatasetAdapter):
                 f"layout 'folders' expects {_LAYOUT_HELP['folders']}; {self.root} has no folder named like a WordNet id"
             )
         by_wnid = {d.name: d for d in class_dirs}
-        wanted = self._select_classes(set(by_wnid), "class folders")
+        # counted in the messages (a folder of 3 classes is "3 class folders" even if 2 are not WordNet ids)
+        others = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in by_wnid
+        )
+        wanted = self._select_classes(set(by_wnid), "class folders", others)
+        if others:
+            log.warning(
+                "%s: ignoring %d folders not named like a WordNet id (%s)", self.root, len(others), _examples(others)
+            )
         entries, empty = [], []
         for wnid in sorted(wanted):
             files = sorted(p for p in by_wnid[wnid].iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -341,21 +307,25 @@ class ImageNetVal(DatasetAdapter):
         self._load_synset_names()
         return entries
 
-    def _select_classes(self, present: set[str], what: str) -> set[str]:
-        """The classes to load among those ``present``, checked against the configuration."""
+    def _select_classes(self, present: set[str], what: str, others: Sequence[str] = ()) -> set[str]:
+        """The classes to load among those ``present``, checked against the configuration; ``others``:
+        class folders not named like a WordNet id (counted and named in the messages, never loaded)."""
+        found = f"found {len(present) + len(others)} {what}"
+        if others:
+            found += f", {len(others)} of them not named like a WordNet id ({_examples(others)})"
         if self._requested_wnids is not None:
             missing = set(self._requested_wnids) - present
             if missing:
                 raise FileNotFoundError(
                     f"layout {self.layout!r} in {self.root}: requested classes {_examples(missing)} are not "
-                    f"among the {len(present)} {what} found"
+                    f"among the {what} ({found})"
                 )
             return set(self._requested_wnids)
         if self.full:
             canonical = set(self._canonical_wnids())
             missing, unknown = canonical - present, present - canonical
             if missing or unknown:
-                parts = [f"found {len(present)} {what}"]
+                parts = [found]
                 if missing:
                     parts.append(f"{len(missing)} of the 1000 ImageNet-1k classes are missing ({_examples(missing)})")
                 if unknown:
@@ -368,140 +338,17 @@ class ImageNetVal(DatasetAdapter):
             return present
         if len(present) != self._num_classes:
             raise ValueError(
-                f"layout {self.layout!r} in {self.root}: num_classes={self._num_classes} but found "
-                f"{len(present)} {what} ({_examples(present)})"
+                f"layout {self.layout!r} in {self.root}: num_classes={self._num_classes} but {found}"
+                + (
+                    "; only folders named like a WordNet id (n01440764) are ImageNet classes (class folders of "
+                    "other names: dataset=image_folder)"
+                    if others
+                    else f" ({_examples(present)})"
+                )
             )
         return present
 
     # -- devkit -----------------------------------------------------------------------------------
-    def _devkit_candidates(self) -> list[Path]:
-        bases = [self._devkit_dir] if self._devkit_dir is not None else []
-        for folder in self._upward_dirs(2):
-            bases += [folder, folder / DEVKIT_NAME, folder / f"{DEVKIT_NAME}.tar.gz"]
-        out: list[Path] = []
-        for base in bases:
-            out += [base, base / "data"] if base.suffix != ".gz" else [base]
-        return out
-
-    def _find_devkit(self) -> tuple[bytes, bytes, str] | None:
-        """``(ground truth text, meta.mat bytes, where)`` from an extracted devkit or its tarball."""
-        for cand in self._devkit_candidates():
-            if cand.is_dir() and (cand / META_FILE).is_file():
-                gt = self._labels_file if self._labels_file is not None else cand / GROUND_TRUTH_FILE
-                if gt.is_file():
-                    return gt.read_bytes(), (cand / META_FILE).read_bytes(), str(cand)
-            elif cand.is_file() and cand.name.endswith(".tar.gz"):
-                try:
-                    with tarfile.open(cand, "r:gz") as tar:
-                        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-                        if META_FILE in members and (GROUND_TRUTH_FILE in members or self._labels_file):
-                            meta = tar.extractfile(members[META_FILE]).read()
-                            gt = (
-                                self._labels_file.read_bytes()
-                                if self._labels_file is not None
-                                else tar.extractfile(members[GROUND_TRUTH_FILE]).read()
-                            )
-                            return gt, meta, str(cand)
-                except (tarfile.TarError, OSError, EOFError) as exc:
-                    raise ValueError(f"cannot read the devkit archive {cand}: {exc}") from None
-        return None
-
-    def _scan_devkit(self) -> list[_Entry]:
-        found = self._find_devkit()
-        if found is None:
-            raise FileNotFoundError(
-                f"layout 'devkit' expects {_LAYOUT_HELP['devkit']}; found no {META_FILE} with "
-                f"{GROUND_TRUTH_FILE} in {[str(p) for p in self._devkit_candidates()]} (set `devkit_dir`)"
-            )
-        gt_text, meta_bytes, where = found
-        id_to_wnid = self._read_meta(meta_bytes, where)
-        try:
-            ids = [int(line) for line in gt_text.decode().split()]
-        except ValueError:
-            raise ValueError(f"{GROUND_TRUTH_FILE} in {where} is not one integer ILSVRC2012_ID per line") from None
-        unknown = sorted({i for i in ids if i not in id_to_wnid})
-        if unknown:
-            raise ValueError(f"{GROUND_TRUTH_FILE} in {where} uses ILSVRC2012_IDs {unknown[:5]} not in {META_FILE}")
-        listed = {f"ILSVRC2012_val_{i:08d}": id_to_wnid[c] for i, c in enumerate(ids, start=1)}
-        return self._match_flat(listed, f"{GROUND_TRUTH_FILE} ({where})")
-
-    def _read_meta(self, meta_bytes: bytes, where: str) -> dict[int, str]:
-        from scipy.io import loadmat
-
-        try:
-            synsets = loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
-        except Exception as exc:  # scipy raises several types for a foreign file
-            raise ValueError(f"cannot read {META_FILE} in {where} as the ILSVRC2012 devkit's: {exc}") from None
-        synsets = np.atleast_1d(synsets)
-        fields = synsets.dtype.names or ()
-        if not {"ILSVRC2012_ID", "WNID"} <= set(fields):
-            raise ValueError(f"{META_FILE} in {where} has no ILSVRC2012_ID/WNID synset fields (has {fields})")
-        id_to_wnid: dict[int, str] = {}
-        for s in synsets:
-            if "num_children" in fields and int(s["num_children"]) != 0:
-                continue  # internal WordNet nodes; the 1000 classes are the leaves
-            wnid = str(s["WNID"])
-            id_to_wnid[int(s["ILSVRC2012_ID"])] = wnid
-            if "words" in fields:
-                self._names_by_wnid.setdefault(wnid, str(s["words"]))
-        return id_to_wnid
-
-    # -- Kaggle LOC csv ---------------------------------------------------------------------------
-    def _scan_loc_csv(self) -> list[_Entry]:
-        path = self._labels_file if self._labels_file is not None else self._find_upwards(LOC_SOLUTION_FILE)
-        if path is None or not path.is_file():
-            raise FileNotFoundError(
-                f"layout 'loc_csv' expects {_LAYOUT_HELP['loc_csv']}; no {LOC_SOLUTION_FILE} at "
-                + (str(path) if path is not None else f"{[str(p) for p in self._upward_dirs()]}")
-            )
-        listed: dict[str, str] = {}
-        with path.open(newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-                raise ValueError(f"{path}: expected the header 'ImageId,PredictionString'; got {header}")
-            for line_no, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                tokens = row[1].split() if len(row) > 1 else []
-                if not tokens or not _WNID.match(tokens[0]):
-                    raise ValueError(f"{path}:{line_no}: no WordNet id at the start of the PredictionString")
-                listed[row[0].strip()] = tokens[0]
-        self._load_synset_names()
-        return self._match_flat(listed, str(path))
-
-    # -- shared flat-layout logic -----------------------------------------------------------------
-    def _match_flat(self, listed: dict[str, str], source: str) -> list[_Entry]:
-        """Join the listed ``{stem: wnid}`` with the flat image files, checking for strays and gaps."""
-        flat = self._flat_images()
-        if not flat:
-            raise FileNotFoundError(f"layout {self.layout!r}: no *.JPEG images directly in {self.root}")
-        strays = set(flat) - set(listed)
-        if strays:
-            raise ValueError(
-                f"layout {self.layout!r}: {len(strays)} of the {len(flat)} images in {self.root} are not listed "
-                f"in {source} ({_examples(strays)}); is this the validation folder?"
-            )
-        if self._requested_wnids is None and not self.full:
-            present = {listed[s] for s in flat}  # num_classes: the classes of the images at hand
-        else:
-            present = set(listed.values())
-        wanted = self._select_classes(present, f"classes listed in {source}")
-        selected = {stem: wnid for stem, wnid in listed.items() if wnid in wanted}
-        missing = set(selected) - set(flat)
-        if missing:
-            message = (
-                f"layout {self.layout!r}: {len(missing)} of the {len(selected)} images that {source} lists for "
-                f"the selected classes are missing from {self.root} ({_examples(missing)}); found "
-                f"{len(flat)} images"
-            )
-            if self._expected is not None:
-                raise FileNotFoundError(
-                    message + ". An incomplete extraction? Set expected_images: null to evaluate on what is there."
-                )
-            log.warning("%s; evaluating on the %d present", message, len(selected) - len(missing))
-        return [_Entry(flat[stem], wnid) for stem, wnid in selected.items() if stem in flat]
-
     def _check_count(self, count: int) -> None:
         if isinstance(self._expected, int) and not isinstance(self._expected, bool) and count != self._expected:
             raise ValueError(

@@ -13,22 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from xaibench.types import DatasetAdapter, Sample
+from xaibench.core.types import DatasetAdapter, Sample
+from xaibench.datasets._drawing import CLASSES, paint, shape_mask, smooth_background
 
-CLASSES = ("square", "disk", "triangle", "cross")
-
-
-def _shape_mask(kind: int, size: int, cy: float, cx: float, r: float, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    dy, dx = yy - cy, xx - cx
-    if kind == 0:  # axis-aligned square
-        return (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85)
-    if kind == 1:  # disk
-        return dy**2 + dx**2 <= r**2
-    if kind == 2:  # upward triangle
-        return (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    # cross: two bars
-    w = r * 0.35
-    return ((np.abs(dy) <= w) & (np.abs(dx) <= r)) | ((np.abs(dx) <= w) & (np.abs(dy) <= r))
+__all__ = ["CLASSES", "SyntheticShapes", "render_shape"]
 
 
 def render_shape(seed: int, index: int, image_size: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -37,17 +25,11 @@ def render_shape(seed: int, index: int, image_size: int) -> tuple[np.ndarray, np
     s = image_size
     label = int(rng.integers(len(CLASSES)))
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    # smooth background: a random low-frequency colour gradient plus pixel noise
-    base = rng.uniform(0.15, 0.55, size=(3, 1, 1)).astype(np.float32)
-    grad = rng.uniform(-0.2, 0.2, size=(3, 2)).astype(np.float32)
-    img = base + grad[:, :1, None] * (yy / s - 0.5) + grad[:, 1:, None] * (xx / s - 0.5)
-    img = img + rng.normal(0.0, 0.06, size=(3, s, s)).astype(np.float32)
+    img = smooth_background(rng, yy, xx)
     r = float(rng.uniform(0.16, 0.28)) * s
     cy, cx = (float(v) for v in rng.uniform(r + 1, s - r - 1, size=2))
-    mask = _shape_mask(label, s, cy, cx, r, yy, xx)
-    colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
-    colour[rng.integers(3)] *= 0.3  # saturated, never grey, so it stands out from the background
-    img[:, mask] = colour[:, None] + rng.normal(0.0, 0.03, size=(3, int(mask.sum()))).astype(np.float32)
+    mask = shape_mask(label, cy, cx, r, yy, xx)
+    paint(rng, img, mask)
     return np.clip(img, 0.0, 1.0), mask.astype(np.int64), label
 
 

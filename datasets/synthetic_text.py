@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from xaibench.types import DatasetAdapter, Sample
+from xaibench.core.types import DatasetAdapter, Sample
 
 CLASSES: tuple[str, str] = ("NEG", "POS")
 POSITIVE: tuple[str, ...] = ("good", "great", "brilliant", "wonderful", "funny")

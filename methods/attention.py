@@ -12,7 +12,7 @@ Which row is read: every method here reads the **class token's row** (CLS, token
 prefix tokens (a distilled DeiT's distillation token, DINOv2's registers) are dropped by ``token_map``,
 and their rows are never read. A distilled DeiT averages a classifier on the CLS token and one on the
 distillation token; these maps explain the CLS path. Models whose head does not read the class token
-(average or attention pooling, no class token) are refused (``TimmViT.check_cls_readout``).
+(average or attention pooling, no class token) are refused (the adapter's ``check_cls_readout``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import ClassVar, Literal
 
 import torch
 
-from xaibench.types import Attribution, AttributionMethod, Batch, ModelAdapter
+from xaibench.core.types import Attribution, AttributionMethod, Batch, ModelAdapter
+from xaibench.methods._rollout import rollout
 
 
 def select_logit(logits: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,37 +65,6 @@ def minmax(
     if constant_map == "nan":  # the reference's 0/0
         return (x - lo) / span
     return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
-
-
-def rollout_matrix(attentions: list[torch.Tensor], normalize: bool = True) -> torch.Tensor:
-    """Attention rollout ``Â_{L-1} ⋯ Â_s`` with ``Â_b = I + Ā_b`` (row-normalised if ``normalize``).
-
-    Abnar & Zuidema (2020), Eq. for "attention rollout"; REFERENCE §3.1.
-
-    Args:
-        attentions: per block ``Ā_b`` of shape ``[B, n, n]`` (heads already fused), first to last.
-
-    Returns:
-        ``[B, n, n]``.
-    """
-    eye = torch.eye(attentions[0].shape[-1], dtype=attentions[0].dtype, device=attentions[0].device)
-    joint = None
-    for a in attentions:
-        a = a + eye
-        if normalize:
-            a = a / a.sum(dim=-1, keepdim=True)
-        joint = a if joint is None else a @ joint
-    return joint
-
-
-def check_cls_readout(model: ModelAdapter, who: str) -> None:
-    """Refuse a model whose classifier does not read the class token (see ``TimmViT.check_cls_readout``).
-
-    Adapters without the check (BERT: the pooler reads ``[CLS]``) pass.
-    """
-    check = getattr(model, "check_cls_readout", None)
-    if callable(check):
-        check(who)
 
 
 def fuse_heads(a: torch.Tensor, head_fusion: Literal["mean", "min", "max"]) -> torch.Tensor:
@@ -166,7 +136,7 @@ class RawAttention(AttributionMethod):
         self.layer = layer
 
     def __call__(self, model: ModelAdapter, batch: Batch, target: torch.Tensor | None) -> Attribution:
-        check_cls_readout(model, self.name)
+        model.check_cls_readout(self.name)
         with torch.inference_mode():
             logits, attn = model.forward_with_attention(batch.inputs, layers=[self.layer])
             a = next(iter(attn.values()))
@@ -196,7 +166,8 @@ class Rollout(AttributionMethod):
     Args:
         start_layer: first block (negative counts from the end); the reference's scripts use 1.
         head_fusion: ``mean``, ``min`` or ``max`` over heads.
-        discard_ratio: fraction in ``[0, 1)`` of each block's fused entries to zero (vit-explain: 0.9).
+        discard_ratio: fraction in ``[0, 1)`` of each block's fused entries to zero (vit-explain: 0.9);
+            ``None``: :attr:`default_discard_ratio` (0, the reference's rollout).
     """
 
     name: ClassVar[str] = "rollout"
@@ -204,11 +175,14 @@ class Rollout(AttributionMethod):
     #: whether blocks are weighted by the attention gradient (:class:`GradRollout`)
     uses_gradient: ClassVar[bool] = False
 
+    #: ``discard_ratio`` when none is given (vit-explain's defaults: 0 for rollout, 0.9 for gradient rollout)
+    default_discard_ratio: ClassVar[float] = 0.0
+
     def __init__(
         self,
         start_layer: int = 0,
         head_fusion: Literal["mean", "min", "max"] = "mean",
-        discard_ratio: float = 0.0,
+        discard_ratio: float | None = None,
     ) -> None:
         if head_fusion not in ("mean", "min", "max"):
             raise ValueError(f"head_fusion must be 'mean', 'min' or 'max', got {head_fusion!r}")
@@ -216,7 +190,7 @@ class Rollout(AttributionMethod):
             raise TypeError(f"start_layer must be an int (a block index); got {start_layer!r}")
         self.start_layer = start_layer
         self.head_fusion = head_fusion
-        self.discard_ratio = _check_ratio(discard_ratio)
+        self.discard_ratio = _check_ratio(self.default_discard_ratio if discard_ratio is None else discard_ratio)
 
     def fuse(self, a: torch.Tensor) -> torch.Tensor:
         """``[B, h, n, n]`` -> ``[B, n, n]`` by ``head_fusion``."""
@@ -242,7 +216,8 @@ class Rollout(AttributionMethod):
         grads = [None] * len(attentions) if gradients is None else list(gradients)
         if len(grads) != len(attentions):
             raise ValueError(f"{len(attentions)} attention blocks but {len(grads)} gradients")
-        return rollout_matrix([self.block_matrix(a, g, valid) for a, g in zip(attentions, grads, strict=True)])
+        mats = [self.block_matrix(a, g, valid) for a, g in zip(attentions, grads, strict=True)]
+        return rollout(mats, normalize=True)
 
     def _layers(self, model: ModelAdapter) -> list[int]:
         depth = len(model.attention_layers())
@@ -250,15 +225,10 @@ class Rollout(AttributionMethod):
             raise ValueError(f"start_layer={self.start_layer} out of range for a model with {depth} blocks")
         return list(range(self.start_layer % depth, depth))
 
-    @staticmethod
-    def _valid(model: ModelAdapter, batch: Batch) -> torch.Tensor | None:
-        mask_of = getattr(model, "token_mask", None)
-        return mask_of(batch.inputs) if callable(mask_of) else None
-
     def __call__(self, model: ModelAdapter, batch: Batch, target: torch.Tensor | None) -> Attribution:
-        check_cls_readout(model, self.name)
+        model.check_cls_readout(self.name)
         layers = self._layers(model)
-        valid = self._valid(model, batch) if self.discard_ratio > 0 else None
+        valid = model.token_mask(batch.inputs) if self.discard_ratio > 0 else None
         if not self.uses_gradient:
             with torch.inference_mode():
                 logits, attn = model.forward_with_attention(batch.inputs, layers=layers)
@@ -299,20 +269,14 @@ class GradRollout(Rollout):
     Args:
         start_layer: first block (vit-explain: 0).
         head_fusion: fusion of ``∂y_c/∂A ⊙ A`` over heads (vit-explain: ``mean``).
-        discard_ratio: fraction in ``[0, 1)`` of each block's entries to zero (vit-explain default 0.9).
+        discard_ratio: fraction in ``[0, 1)`` of each block's entries to zero; ``None``: 0.9 (vit-explain's
+            default).
     """
 
     name: ClassVar[str] = "grad_rollout"
     class_sensitive: ClassVar[bool] = True
     uses_gradient: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        start_layer: int = 0,
-        head_fusion: Literal["mean", "min", "max"] = "mean",
-        discard_ratio: float = 0.9,
-    ) -> None:
-        super().__init__(start_layer=start_layer, head_fusion=head_fusion, discard_ratio=discard_ratio)
+    default_discard_ratio: ClassVar[float] = 0.9
 
     def block_matrix(self, a: torch.Tensor, grad: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
         """``max(0, fuse_h(∂y_c/∂A_b ⊙ A_b))`` with the lowest entries discarded, ``[B, n, n]``."""
@@ -351,8 +315,8 @@ class AttnGradCAM(AttributionMethod):
         self.allows_nan_maps = constant_map == "nan"
 
     def __call__(self, model: ModelAdapter, batch: Batch, target: torch.Tensor | None) -> Attribution:
-        check_cls_readout(model, self.name)
-        region = self.weights or getattr(model, "gradcam_weights", "cls_row")
+        model.check_cls_readout(self.name)
+        region = self.weights or model.gradcam_weights
         with torch.enable_grad():
             logits, attn = model.forward_with_attention(batch.inputs, layers=[self.layer])
             a = next(iter(attn.values()))
@@ -367,10 +331,9 @@ class AttnGradCAM(AttributionMethod):
             maps = minmax(maps, tuple(range(1, maps.dim())), self.constant_map)
         else:
             # average and scale over real (query, key) pairs only, so padding never changes a map
-            mask_of = getattr(model, "token_mask", None)
-            valid = (
-                mask_of(batch.inputs) if mask_of is not None else torch.ones(a.shape[0], a.shape[-1], dtype=torch.bool)
-            )
+            valid = model.token_mask(batch.inputs)
+            if valid is None:
+                valid = torch.ones(a.shape[0], a.shape[-1], dtype=torch.bool)
             valid = valid.to(a.device)
             pair = valid[:, :, None] & valid[:, None, :]  # [B, n, n]
             w = (grad * pair[:, None]).sum(dim=(-2, -1)) / pair.sum(dim=(-2, -1))[:, None]  # [B, h]

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import torch
 
+from xaibench.core.types import Attribution, AttributionMethod, Batch, ModelAdapter, TextModelAdapter
 from xaibench.methods.attention import select_logit
-from xaibench.types import Attribution, AttributionMethod, Batch, ModelAdapter
 
 
 class RandomAttribution(AttributionMethod):
@@ -31,18 +31,11 @@ class RandomAttribution(AttributionMethod):
 
     def __call__(self, model: ModelAdapter, batch: Batch, target: torch.Tensor | None) -> Attribution:
         with torch.inference_mode():
-            logits = model.logits(batch.inputs)
+            if isinstance(model, TextModelAdapter):  # one token per word-piece position
+                logits, n = model.logits(batch.inputs), int(batch.inputs["input_ids"].shape[1])
+            else:  # the token count follows the input size (dynamic_img_size): read it off one attention map
+                logits, attn = model.forward_with_attention(batch.inputs, layers=[-1])
+                n = int(next(iter(attn.values())).shape[-1])
             targets, _ = select_logit(logits, target)
-        n = self._num_tokens(model, batch)
         rows = torch.stack([self._row(sid, n) for sid in batch.ids]).to(device=logits.device, dtype=logits.dtype)
         return Attribution(maps=model.token_map(rows), targets=targets.clone(), logits=logits.clone())
-
-    @staticmethod
-    def _num_tokens(model: ModelAdapter, batch: Batch) -> int:
-        count = getattr(model, "num_tokens", None)  # ViT: follows the input size (dynamic_img_size)
-        if callable(count) and isinstance(batch.inputs, torch.Tensor):
-            return int(count(batch.inputs))
-        grid = getattr(model, "grid_size", None)
-        if grid is not None:
-            return model.num_prefix_tokens + int(grid[0]) * int(grid[1])
-        return int(batch.inputs["input_ids"].shape[1])

@@ -3,32 +3,39 @@
 * :class:`TokenAUPRC` — soft per-word scores against the human rationale tokens: per document the area
   under the precision-recall curve (ERASER ``_auprc``: ``auc(recall, precision)`` of sklearn's
   ``precision_recall_curve``) and the average precision (``average_precision_score``), averaged over
-  documents. Documents whose tokens are all or none rationale have no PR curve and are skipped
-  (counted in ``num_skipped``), as ERASER's ``discard_single_class_answers``.
+  documents. Documents whose tokens are all or none rationale (no evidence, or all evidence) have no
+  meaningful PR curve: by default (``single_class_docs="skip"``, our choice) they are left out of both
+  averages (counted in ``num_skipped``). ERASER's scorer (``score_soft_tokens``) leaves them out of the
+  average precision only (``discard_single_class_answers=True``) and averages ``auprc`` over every document,
+  single-class ones included with scikit-learn's value for their degenerate curve (0.5 with no evidence, 1.0
+  with all evidence under scikit-learn 1.9); ``single_class_docs="eraser"`` reproduces that exactly.
 * :class:`AOPC` — comprehensiveness and sufficiency with ERASER's bins (1, 5, 10, 20, 50 % of the words):
   for bin ``q`` the top ``⌈q·n⌉`` words by score are removed (comprehensiveness,
   ``p_c(x) − p_c(x \\ r_q)``, higher is better) or kept alone in their original order (sufficiency,
   ``p_c(x) − p_c(r_q)``, lower is better), where ``c`` is the class predicted on the full document and
-  ``p`` the softmax probability. AOPC is the mean over bins (ERASER ``_instances_aopc``). The edited
-  documents are re-tokenised by the model adapter, so removal works on words, not word-pieces.
+  ``p`` the softmax probability (a multi-label model's sigmoid probability). AOPC is the mean over bins
+  (ERASER ``_instances_aopc``). The edited documents are re-tokenised by the model adapter, so removal works
+  on words, not word-pieces.
 
-Per-word scores are the max over a word's word-pieces (:func:`xaibench.text.word_scores`); words without
+Per-word scores are the max over a word's word-pieces (:func:`xaibench.core.text.word_scores`); words without
 a score (beyond the model's truncation) rank below every scored word and are never removed or kept.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from xaibench.core.text import batch_word_scores, top_k_words
+from xaibench.core.types import Attribution, Batch, MetricRunner, ModelAdapter, Sample
+from xaibench.metrics.class_scores import class_probabilities
 from xaibench.metrics.sums import TensorSums
 from xaibench.metrics.token_f1 import rationale_tokens
-from xaibench.text import batch_word_scores, top_k_words
-from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter, Sample
 
 #: ERASER's AOPC bins (fractions of the document's tokens)
 ERASER_BINS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)
@@ -39,21 +46,31 @@ def _scores(batch: Batch, attribution: Attribution, metric: str) -> torch.Tensor
 
 
 class TokenAUPRC(TensorSums, MetricRunner):
-    """ERASER soft token scoring: AUPRC and average precision of per-word scores vs. rationale tokens."""
+    """ERASER soft token scoring: AUPRC and average precision of per-word scores vs. rationale tokens.
+
+    Args:
+        single_class_docs: documents whose words are all rationale or all not: ``skip`` (default) leaves
+            them out of both averages; ``eraser`` scores them as ERASER's ``score_soft_tokens`` does (in
+            ``auprc`` with scikit-learn's value, out of ``average_precision``). Empty documents are left
+            out either way.
+    """
 
     name: ClassVar[str] = "token_auprc"
     requires: ClassVar[frozenset[str]] = frozenset({"rationale"})
     modalities: ClassVar[frozenset[str]] = frozenset({"text"})
     higher_is_better: ClassVar[Mapping[str, bool]] = {"auprc": True, "average_precision": True}
 
-    def __init__(self) -> None:
+    def __init__(self, single_class_docs: Literal["skip", "eraser"] = "skip") -> None:
+        if single_class_docs not in ("skip", "eraser"):
+            raise ValueError(f"single_class_docs must be 'skip' or 'eraser', got {single_class_docs!r}")
+        self.single_class_docs = single_class_docs
         self.reset()
 
     def reset(self) -> None:
-        self._sums = torch.zeros(4, dtype=torch.float64)  # Σauprc, Σap, n_docs, n_skipped
+        self._sums = torch.zeros(5, dtype=torch.float64)  # Σauprc, Σap, n_auprc, n_ap, n_single_class
 
     def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]:
-        """One row per document: ``auprc`` and ``average_precision`` (NaN when skipped).
+        """One row per document: ``auprc`` and ``average_precision`` (NaN where left out).
 
         Args:
             batch: text batch with ``extras["rationales"]``.
@@ -74,24 +91,32 @@ class TokenAUPRC(TensorSums, MetricRunner):
             scored = ~np.isnan(s)
             # unscored words (truncated away) rank below every scored word
             s[~scored] = (s[scored].min() - 1.0) if scored.any() else 0.0
-            if truth.all() or not truth.any():
-                self._sums[3] += 1
+            single = bool(truth.all() or not truth.any())
+            if n == 0 or (single and self.single_class_docs == "skip"):
+                self._sums[4] += 1
                 rows.append({"auprc": float("nan"), "average_precision": float("nan")})
                 continue
-            precision, recall, _ = precision_recall_curve(truth, s)
+            with warnings.catch_warnings():  # a single-class curve is degenerate; ERASER scores it anyway
+                warnings.simplefilter("ignore")
+                precision, recall, _ = precision_recall_curve(truth, s)
             area = float(auc(recall, precision))
-            ap = float(average_precision_score(truth, s))
-            self._sums += torch.tensor([area, ap, 1.0, 0.0], dtype=torch.float64)
+            ap = float("nan") if single else float(average_precision_score(truth, s))
+            self._sums += torch.tensor(
+                [area, 0.0 if single else ap, 1.0, 0.0 if single else 1.0, float(single)], dtype=torch.float64
+            )
             rows.append({"auprc": area, "average_precision": ap})
         return rows
 
     def compute(self) -> dict[str, Any]:
-        area, ap, n, skipped = self._sums.tolist()
+        """``auprc`` and ``average_precision`` (means over the documents each includes), ``num_docs``
+        (documents in the ``auprc`` mean) and ``num_skipped`` (single-class and empty documents: left out
+        of both means by default, of ``average_precision`` only with ``single_class_docs="eraser"``)."""
+        area, ap, n_area, n_ap, single = self._sums.tolist()
         return {
-            "auprc": area / n if n else float("nan"),
-            "average_precision": ap / n if n else float("nan"),
-            "num_docs": int(n),
-            "num_skipped": int(skipped),
+            "auprc": area / n_area if n_area else float("nan"),
+            "average_precision": ap / n_ap if n_ap else float("nan"),
+            "num_docs": int(n_area),
+            "num_skipped": int(single),
         }
 
 
@@ -149,7 +174,7 @@ class AOPC(TensorSums, MetricRunner):
     def _probs(model: ModelAdapter, batch: Batch) -> torch.Tensor:
         with torch.inference_mode():
             logits = model.logits(model.batch_to(batch).inputs)
-        return torch.softmax(logits.to(torch.float64), dim=-1).cpu()
+        return class_probabilities(logits.to(torch.float64), model.multi_label).cpu()
 
     def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]:
         """Two extra forward passes per bin (edited documents, batched); one row per document."""

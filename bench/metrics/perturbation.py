@@ -12,7 +12,10 @@ Protocol of the reference (``baselines/ViT/generate_visualizations.py`` then
    those pixels are set to 0 in all three channels of the **un-normalised** ``[0, 1]`` image, which is then
    normalised and re-classified.
 3. A step is a hit when the perturbed argmax equals the **ground-truth label** (for heatmaps of the
-   predicted and of the target class alike).
+   predicted and of the target class alike). For a multi-label model (``model.multi_label``) the label is
+   the explained class (``target=each``) and a hit means that class is still detected (its sigmoid
+   probability > 0.5); the probability and logit columns then follow the explained class
+   (:mod:`xaibench.metrics.class_scores`).
 
 The paper's "AUC" is the area under accuracy vs removed fraction, which the reference never computes;
 the default definition (``"trapezoid_0_to_0.9"``) is the author's (issue #31): trapezoidal area of accuracy
@@ -28,9 +31,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter, merge_states
+from xaibench.core.heatmaps import pixel_heatmaps
+from xaibench.core.types import Attribution, Batch, ImageModelAdapter, MetricRunner, ModelAdapter, merge_states
+from xaibench.metrics.class_scores import ClassStats
+from xaibench.metrics.forwards import classify_images
 
 log = logging.getLogger(__name__)
 
@@ -88,47 +93,9 @@ def reference_heatmap(
         ``[B, H, W]`` on CPU: upsampled (token maps; bilinear, ``align_corners=False``, no antialias),
         then ``(m - min) / (max - min)`` per sample. A constant map gives NaN, as in the reference (0/0).
     """
-    maps = attribution.maps.detach().to("cpu")
-    if not maps.is_floating_point():
-        maps = maps.double()
-    if maps.dim() != 3:
-        raise ValueError(
-            f"image attribution maps must be [B, gh, gw] (tokens) or [B, H, W] (pixels); got shape "
-            f"{tuple(maps.shape)} at level {attribution.level!r}"
-        )
-    height, width = image_size
-    if attribution.level == "tokens":
-        maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    elif attribution.level == "pixels":
-        if tuple(maps.shape[-2:]) != (height, width):
-            raise ValueError(f"pixel-level maps are {tuple(maps.shape[-2:])} but the images are {(height, width)}")
-    else:
-        raise ValueError(f"unknown attribution level {attribution.level!r}; supported: 'tokens', 'pixels'")
-    flat = maps.reshape(maps.shape[0], -1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
-    flat = (flat - low) / (high - low)
-    out = flat.reshape(maps.shape)
+    cpu = Attribution(attribution.maps.detach().to("cpu"), attribution.targets, attribution.logits, attribution.level)
+    out = pixel_heatmaps(cpu, image_size, constant=float("nan"))
     return out if dtype is None else out.to(dtype)
-
-
-class _Stats:
-    """Per-image quantities of one set of logits ``[N, C]`` (computed in the logits' dtype)."""
-
-    def __init__(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()  # softmax statistics of reduced-precision models in float32
-        # `max` (not argmax) as the reference, so ties resolve the same way
-        top_logit, pred = logits.max(dim=1)
-        log_probs = torch.log_softmax(logits, dim=1)
-        top2 = log_probs.topk(2, dim=1).values
-        self.pred = pred
-        self.hit = pred == labels
-        self.top_logit = top_logit
-        self.top_prob = log_probs.max(dim=1).values.exp()
-        # log(p_target / p_second), p_second the second-largest probability overall; as a difference of
-        # log-probabilities, which stays finite where the reference's ratio of softmax values underflows
-        self.dissimilarity = log_probs.gather(1, labels[:, None])[:, 0] - top2[:, 1]
 
 
 class Perturbation(MetricRunner):
@@ -148,6 +115,8 @@ class Perturbation(MetricRunner):
         topk_device: where ``torch.topk`` ranks the pixels: ``"cpu"`` (default; the order of tied pixels
             is CPU ``topk``'s, as in the golden files) or ``"model"`` (the model's device: faster for large
             runs on a GPU, whose ``topk`` may order tied pixels differently, as the reference's CUDA runs).
+        fused_attention: re-classify with the model's fused attention kernels (no attention probabilities
+            are read; :mod:`xaibench.metrics.forwards`); ``False``: the eager path.
     """
 
     name: ClassVar[str] = "perturbation"
@@ -168,6 +137,7 @@ class Perturbation(MetricRunner):
         batch_size: int = 64,
         heatmap_dtype: str | None = "float32",
         topk_device: str = "cpu",
+        fused_attention: bool = True,
     ) -> None:
         steps = [float(s) for s in steps]
         if not steps:
@@ -197,6 +167,7 @@ class Perturbation(MetricRunner):
             raise ValueError(f"unknown `topk_device` {topk_device!r}; supported: 'cpu', 'model'")
         self.heatmap_dtype = None if heatmap_dtype is None else _HEATMAP_DTYPES[heatmap_dtype]
         self.topk_device = topk_device
+        self.fused_attention = bool(fused_attention)
         self.reset()
 
     # -- state ----------------------------------------------------------------------------------
@@ -293,10 +264,10 @@ class Perturbation(MetricRunner):
                     idx = idx[:, None, :].expand(-1, flat.shape[1], -1)
                     yield flat.clone().scatter_(-1, idx, 0).reshape(images.shape)
 
-        logits = self._classify(model, perturbed())
-        base = _Stats(logits[0], labels)
+        logits = classify_images(model, map(model.normalize, perturbed()), self.batch_size, self.fused_attention)
+        base = ClassStats(logits[0], labels, model.multi_label)
         d, s = len(self.directions), len(self.steps)
-        pert = _Stats(torch.cat(logits[1:]), labels.repeat(d * s))
+        pert = ClassStats(torch.cat(logits[1:]), labels.repeat(d * s), model.multi_label)
         hits = pert.hit.reshape(d, s, n_images)
         logit_diff = (pert.top_logit.reshape(d, s, n_images) - base.top_logit).double()
         prob_diff = (pert.top_prob.reshape(d, s, n_images) - base.top_prob).double()
@@ -334,11 +305,8 @@ class Perturbation(MetricRunner):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if batch.images is None:
             raise ValueError("the perturbation test needs `batch.images` ([B, 3, H, W] in [0, 1]); got None")
-        if not callable(getattr(model, "normalize", None)):
-            raise TypeError(
-                f"the perturbation test needs an image model adapter with `normalize(images)`; got "
-                f"{type(model).__name__}"
-            )
+        if not isinstance(model, ImageModelAdapter):
+            raise TypeError(f"the perturbation test needs an image model adapter; got {type(model).__name__}")
         images = batch.images.detach().to("cpu")
         if images.dim() != 4:
             raise ValueError(f"`batch.images` must be [B, C, H, W]; got shape {tuple(images.shape)}")
@@ -355,36 +323,6 @@ class Perturbation(MetricRunner):
                 f"attribution has {attribution.maps.shape[0]} maps for a batch of {images.shape[0]} images"
             )
         return images, labels
-
-    @torch.no_grad()
-    def _classify(self, model: ModelAdapter, tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-        """Logits for each ``[B, 3, H, W]`` tensor of ``tensors``, in forwards of ``batch_size`` images.
-
-        Memory stays at about ``batch_size + B`` images however many steps and directions there are.
-        """
-        sizes: list[int] = []
-        queue: list[torch.Tensor] = []
-        queued = 0
-        outputs: list[torch.Tensor] = []
-
-        def run(chunk: torch.Tensor) -> None:
-            inputs = model.normalize(chunk).to(device=model.device, dtype=model.dtype)
-            outputs.append(model.logits(inputs).detach().to("cpu"))
-
-        for tensor in tensors:
-            sizes.append(tensor.shape[0])
-            queue.append(tensor)
-            queued += tensor.shape[0]
-            if queued >= self.batch_size:
-                pending = torch.cat(queue)
-                full = (queued // self.batch_size) * self.batch_size
-                for start in range(0, full, self.batch_size):
-                    run(pending[start : start + self.batch_size])
-                queue = [pending[full:]] if full < queued else []
-                queued -= full
-        if queued:
-            run(torch.cat(queue))
-        return list(torch.cat(outputs).split(sizes))
 
     # -- dataset level --------------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-from xaibench.metrics.heatmaps import pixel_heatmaps
-from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter
+from xaibench.core.heatmaps import pixel_heatmaps
+from xaibench.core.types import Attribution, Batch, MetricRunner, ModelAdapter
 
 _EPS = float(np.spacing(1))  # the reference's `+ eps` in the IoU denominator
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from xaibench.types import merge_states
+from xaibench.core.types import merge_states
 
 
 class TensorSums:

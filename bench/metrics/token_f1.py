@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from xaibench.core.text import ERASER_KS, batch_word_scores, top_k_words
+from xaibench.core.types import Attribution, Batch, MetricRunner, ModelAdapter
 from xaibench.metrics.sums import TensorSums
-from xaibench.text import ERASER_KS, batch_word_scores, top_k_words
-from xaibench.types import Attribution, Batch, MetricRunner, ModelAdapter
 
 #: columns of the sum table, one row per k
 _COLUMNS = ("tp", "n_pred", "n_truth", "macro_p", "macro_r", "macro_f1", "n_docs")

@@ -19,91 +19,30 @@ including ``[CLS]``/``[SEP]``, the ``[CLS]`` entry set to 0, and (new here, batc
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from xaibench.models.checkpoints import load_state_dict_checked
-from xaibench.text import word_scores
-from xaibench.types import Batch, ModelAdapter, Sample
+from xaibench.core.text import word_scores
+from xaibench.core.types import Batch, RequiredAsset, Sample, TextModelAdapter, path_asset
+from xaibench.models.bert_files import (
+    _checkpoint_ok,
+    _force_eager,
+    _read_bert_config,
+    bert_tokenizer_from_vocab,
+    load_classifier_files,
+    load_pretrained_classifier,
+)
 
 log = logging.getLogger(__name__)
 
 
-def load_wordpiece_vocab(path: str | Path) -> dict[str, int]:
-    """Read a WordPiece ``vocab.txt`` (one token per line, id = line number)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary {path} not found (expected a WordPiece vocab.txt, one token a line)")
-    vocab: dict[str, int] = {}
-    for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        token = line.rstrip("\n")
-        if token in vocab:
-            raise ValueError(f"{path}: token {token!r} appears twice (lines {vocab[token] + 1} and {index + 1})")
-        vocab[token] = index
-    if not vocab:
-        raise ValueError(f"{path} is empty (expected a WordPiece vocab.txt)")
-    return vocab
-
-
-def bert_tokenizer_from_vocab(path: str | Path, do_lower_case: bool = True) -> Any:
-    """A fast BERT WordPiece tokenizer built from a local ``vocab.txt``.
-
-    transformers 5's ``BertTokenizer(vocab=...)`` takes the vocabulary as a mapping and silently ignores
-    a ``vocab_file=`` keyword (it then builds a 5-token vocabulary); transformers 4 takes ``vocab_file``.
-    Both are handled, and the resulting vocabulary size is checked.
-    """
-    import inspect
-
-    from transformers import BertTokenizerFast
-
-    vocab = load_wordpiece_vocab(path)
-    params = inspect.signature(BertTokenizerFast.__init__).parameters
-    if "vocab" in params:
-        tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)
-    else:  # transformers 4
-        tokenizer = BertTokenizerFast(vocab_file=str(path), do_lower_case=do_lower_case)
-    if len(tokenizer.get_vocab()) != len(vocab):
-        raise RuntimeError(
-            f"tokenizer built from {path} has {len(tokenizer.get_vocab())} tokens, the file {len(vocab)}"
-        )
-    return tokenizer
-
-
-def _read_bert_config(path: str | Path) -> Any:
-    """``BertConfig`` from a JSON file: a plain HF ``config.json`` or the golden ``{"bert_config": {...}}``."""
-    from transformers import BertConfig
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"BERT config {path} not found (expected a JSON BertConfig)")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object (BertConfig kwargs or {{'bert_config': {{...}}}})")
-    if "bert_config" in data:
-        data = data["bert_config"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: 'bert_config' must be an object of BertConfig kwargs")
-    return BertConfig(**data)
-
-
-def _force_eager(model: nn.Module) -> None:
-    """Switch an existing model instance to eager attention (the probabilities must exist as tensors)."""
-    setter = getattr(model, "set_attn_implementation", None)
-    if callable(setter):
-        setter("eager")
-    else:  # older transformers: the implementation is read from the config at call time
-        model.config._attn_implementation = "eager"
-    if getattr(model.config, "_attn_implementation", "eager") != "eager":
-        raise RuntimeError(f"could not switch {type(model).__name__} to eager attention")
-
-
-class HFBert(ModelAdapter):
+class HFBert(TextModelAdapter):
     """A stock Hugging Face BERT-family sequence classifier on whitespace-tokenised documents.
 
     Give either ``checkpoint`` (a local ``save_pretrained`` directory or a hub id; the tokenizer is
@@ -131,6 +70,20 @@ class HFBert(ModelAdapter):
     """
 
     modality = "text"
+
+    @classmethod
+    def required_assets(cls, config: Mapping[str, Any]) -> list[RequiredAsset]:
+        hint = "fine-tune one with `xaibench-finetune` (the reference's classifier is not public)"
+        checkpoint = config.get("checkpoint")
+        if checkpoint == "???":  # a mandatory value nobody set
+            return [RequiredAsset("a BERT classifier fine-tuned on ERASER movies", None, hint, "finetuned_bert")]
+        out = []
+        if checkpoint is not None and not _checkpoint_ok(str(checkpoint)):
+            out.append(RequiredAsset("the fine-tuned BERT classifier", str(checkpoint), hint, "finetuned_bert"))
+        for key in ("config_path", "state_dict_path", "vocab_path"):
+            out += path_asset(f"model.{key}", config.get(key), f"set model.{key} to an existing file")
+        return out
+
     num_prefix_tokens = 1
     gradcam_weights = "all"
 
@@ -160,12 +113,12 @@ class HFBert(ModelAdapter):
                 f"{[k for k, v in given.items() if v] or 'none'}"
             )
         if checkpoint is not None:
-            model, tokenizer = self._from_pretrained(checkpoint, local_files_only)
+            model, tokenizer = load_pretrained_classifier(checkpoint, local_files_only)
             default_name = Path(checkpoint).name if Path(checkpoint).exists() else checkpoint
         elif config_path is not None:
             if state_dict_path is None or vocab_path is None:
                 raise ValueError("`config_path` needs `state_dict_path` and `vocab_path` as well")
-            model = self._from_files(config_path, state_dict_path)
+            model = load_classifier_files(config_path, state_dict_path)
             tokenizer = bert_tokenizer_from_vocab(vocab_path, do_lower_case=do_lower_case)
             default_name = Path(config_path).stem.removesuffix("_config")
         else:
@@ -209,36 +162,6 @@ class HFBert(ModelAdapter):
         tokenizer = bert_tokenizer_from_vocab(vocab_path, do_lower_case=kwargs.pop("do_lower_case", True))
         kwargs.setdefault("name", Path(config_path).stem.removesuffix("_config") + "_scratch")
         return cls(model=BertForSequenceClassification(config), tokenizer=tokenizer, **kwargs)
-
-    @staticmethod
-    def _from_pretrained(checkpoint: str, local_files_only: bool) -> tuple[nn.Module, Any]:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        # a local directory loads in moments: no per-load progress bar in every job's log (hub downloads keep it)
-        quiet = Path(checkpoint).is_dir() and hf_logging.is_progress_bar_enabled()
-        if quiet:
-            hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                checkpoint, attn_implementation="eager", local_files_only=local_files_only
-            )
-        finally:
-            if quiet:
-                hf_logging.enable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=local_files_only)
-        return model, tokenizer
-
-    @staticmethod
-    def _from_files(config_path: str, state_dict_path: str) -> nn.Module:
-        from transformers import BertForSequenceClassification
-
-        config = _read_bert_config(config_path)
-        config._attn_implementation = "eager"
-        model = BertForSequenceClassification(config)
-        # drops the stale `bert.embeddings.position_ids` buffer; any other mismatch names the keys
-        load_state_dict_checked(model, state_dict_path)
-        return model
 
     # -- description ----------------------------------------------------------------------------
     @property
@@ -284,6 +207,24 @@ class HFBert(ModelAdapter):
                 raise TypeError(f"layer {i} of {type(self.model).__name__} has no `attention` module")
             layers.append(attn)
         return layers
+
+    @contextlib.contextmanager
+    def fused_attention(self) -> Iterator[None]:
+        """transformers' ``sdpa`` attention inside the block, for forwards that read no attention probabilities;
+        eager attention (which the methods need) is restored on exit. transformers < 4.48 stays eager."""
+        switch = getattr(self.model, "set_attn_implementation", None)
+        if callable(switch):
+            switch("sdpa")
+        try:
+            yield
+        finally:
+            _force_eager(self.model)
+
+    def layer_groups(self) -> Sequence[tuple[str, Sequence[nn.Module | nn.Parameter]]]:
+        """``embeddings``, ``layer0`` … ``layer{L-1}``, ``head`` (pooler and classification head), input to output."""
+        head = [getattr(self.base, "pooler", None), *(m for m in self.model.children() if m is not self.base)]
+        layers = [(f"layer{i}", [layer]) for i, layer in enumerate(self.encoder_layers())]
+        return [("embeddings", [self.embeddings]), *layers, ("head", [m for m in head if isinstance(m, nn.Module)])]
 
     # -- data -----------------------------------------------------------------------------------
     def collate(self, samples: Sequence[Sample]) -> Batch:
@@ -368,7 +309,7 @@ class HFBert(ModelAdapter):
     def word_scores(self, maps: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Per-word scores ``[B, W]`` from word-piece maps ``[B, T]`` (max over a word's pieces, NaN = none).
 
-        See :func:`xaibench.text.word_scores`.
+        See :func:`xaibench.core.text.word_scores`.
         """
         return word_scores(maps, batch.extras["word_index"], batch.extras["num_words"])
 

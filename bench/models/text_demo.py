@@ -1,7 +1,7 @@
 """A small BERT trained on ``synthetic_text``: the text demo's model that actually solves its task.
 
 Built from a code-defined config and the synthetic vocabulary (no download, no shared files), trained
-once on CPU with ``xaibench.finetune`` and cached under ``cache_dir`` keyed by a hash of the recipe.
+once on CPU with ``xaibench.models.finetune`` and cached under ``cache_dir`` keyed by a hash of the recipe.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
 def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[str, Any]]:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from xaibench.finetune import FinetuneConfig, finetune
+    from xaibench.models.finetune import FinetuneConfig, finetune
 
     torch.manual_seed(recipe["seed"])
     tokenizer = bert_tokenizer_from_vocab(vocab)
@@ -75,7 +75,7 @@ def synthetic_text_bert(cache_dir: str, recipe: dict[str, Any] | None = None, re
     folder = Path(cache_dir).expanduser() / "models" / f"synthetic_text_bert-{digest}"
 
     def build(tmp: Path) -> None:
-        from xaibench.finetune import save
+        from xaibench.models.finetune import save
 
         vocab = write_vocab(tmp / "vocab_src.txt")
         adapter, summary = train_text_bert(recipe, vocab)

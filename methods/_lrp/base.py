@@ -14,7 +14,7 @@ stopping at the tensors read (recorded attention probabilities and/or the input 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +74,8 @@ class Relevance:
         relevance: ``{b: R^(A)_b}`` ``[B, h, n, n]``, the LRP relevance of ``A_b`` (the halved
             ``attn @ v`` share, reference ``save_attn_cam``).
         input_relevance: relevance at the lowest tensor of the pass (only when asked for): the
-            pixels ``[B, C_in, H, W]`` for a ViT, the encoder input ``[B, n, D]`` for BERT.
+            pixels ``[B, C_in, H, W]`` for a ViT; for BERT the encoder input ``[B, n, D]``, or the
+            word-piece embeddings ``[B, n, D]`` when the pass runs through the embedding layer.
     """
 
     logits: torch.Tensor
@@ -105,13 +106,14 @@ class Canonizer:
     def __init__(
         self,
         model: nn.Module,
-        preset: str | RulePreset,
+        preset: str | RulePreset = "ours",
         *,
-        depth: int,
         grad_from_block: int | None = None,
-        record_blocks: Any = (),
+        record_blocks: Sequence[int] = (),
     ) -> None:
         self.model = model
+        self.check()
+        depth = self.depth()
         self.preset = get_preset(preset)
         self.state = rules.RuleState()
         self.record_blocks = frozenset(block_index(b, depth) for b in record_blocks)
@@ -121,7 +123,11 @@ class Canonizer:
 
     # -- to implement per family ----------------------------------------------------------------
     def check(self) -> None:
-        """Raise if the model is not one the family's rules cover (called on entry)."""
+        """Raise if the model is not one the family's rules cover (called on creation and entry)."""
+        raise NotImplementedError
+
+    def depth(self) -> int:
+        """Number of transformer blocks (encoder layers) of the model."""
         raise NotImplementedError
 
     def _plan(self) -> list[tuple[object, str, Callable]]:
@@ -169,17 +175,26 @@ class Canonizer:
             yield
 
     # -- helpers for the family forwards -----------------------------------------------------------
+    def _rule(self, kind: str, out: torch.Tensor, *inputs: Any) -> torch.Tensor:
+        """``out`` of an inline operation carrying the preset's rule for ``kind`` (``"add"``, ``"scores"``,
+        ``"context"``, ``"pool"``, ``"elementwise"``; none: the stock gradient)."""
+        rule = getattr(self.preset, kind)
+        return out if rule is None else rule.apply(self.state, out, *inputs)
+
     def _add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a + b`` carrying the preset's sum rule."""
-        return self.preset.add.apply(self.state, a + b, a, b)
+        return self._rule("add", a + b, a, b)
 
-    def _linear_rule(self, m: nn.Linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        preset, state = self.preset, self.state
-        return lambda x, out: preset.linear.apply(state, out, x, m.weight, m.bias)
+    def _fork(self, x: torch.Tensor, n: int = 2) -> tuple[torch.Tensor, ...]:
+        """``n`` aliases of ``x`` for its ``n`` users, carrying the preset's fork rule."""
+        clone = self.preset.clone
+        return (x,) * n if clone is None else clone.apply(self.state, x, n)
 
-    def _identity_rule(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        state = self.state
-        return lambda x, out: rules.Identity.apply(state, out, x)
+    def _bind(self, kind: str, m: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """``rule(x, out)`` of the preset for a leaf module of ``kind`` (``"linear"``, ``"input_conv"``,
+        ``"norm"``, ``"activation"``, ``"elementwise"``); ``None``: the stock gradient, no override."""
+        rule = getattr(self.preset, kind)
+        return None if rule is None else rule.leaf(self.state, m)
 
 
 def relevance_pass(
@@ -218,8 +233,11 @@ def relevance_pass(
     if gradients and wanted:
         grads = torch.autograd.grad(logits, attn, grad_outputs=seed, retain_graph=True)
         result.gradient = dict(zip(wanted, grads, strict=True))
+    read = attn + ([leaf] if input_relevance else [])
     with canon.relevance_mode():
-        rel = torch.autograd.grad(logits, attn + ([leaf] if input_relevance else []), grad_outputs=seed)
+        rel = torch.autograd.grad(logits, read, grad_outputs=seed)
+    if canon.preset.gradient_x_input:  # the pass carried g; the relevance of a tensor t is t ⊙ g_t
+        rel = [t.detach() * g for t, g in zip(read, rel, strict=True)]
     result.relevance = dict(zip(wanted, rel[: len(wanted)], strict=True))
     if input_relevance:
         result.input_relevance = rel[-1]

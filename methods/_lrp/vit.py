@@ -6,11 +6,14 @@
 computes exactly the stock values (every rule returns the stock op's output), while every operation
 on the relevance path carries its LRP rule from a :class:`~xaibench.methods._lrp.presets.RulePreset`:
 
-* leaves: ``nn.Linear`` (preset's linear rule), the patch-embedding ``Conv2d`` (z^B), LayerNorm /
-  GELU / LayerScale (identity); dropout, drop-path and ``nn.Identity`` are the identity in eval mode;
+* leaves: ``nn.Linear`` (preset's linear rule), the patch-embedding ``Conv2d`` (z^B in the
+  reference presets), LayerNorm, GELU and LayerScale (the preset's norm, activation and elementwise
+  rules; identity in the reference presets); dropout, drop-path and ``nn.Identity`` are the identity
+  in eval mode;
 * inline operations: the two residual sums of each block and the position-embedding sum (preset's
-  add rule), ``q · scale`` and the softmax (identity), ``q @ kᵀ`` and ``attn @ v`` (bilinear z-rule,
-  half per operand), the class-token pooling (``IndexSelect`` z-rule).
+  add rule), the softmax (elementwise rule), ``q @ kᵀ`` and ``attn @ v`` (the scores and context
+  rules: bilinear z-rule, half per operand, in the reference presets), the class-token pooling
+  (``IndexSelect`` z-rule in the reference presets).
 
 Any other module raises ``TypeError`` naming it, and configurations whose forward differs from the
 one above (attention masks, gated attention, SwiGLU MLPs, average or attention pooling, dynamic image
@@ -34,9 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaibench.methods._lrp import rules
 from xaibench.methods._lrp.base import Canonizer, Relevance, block_index, check_targets, leaf_forward, relevance_pass
-from xaibench.methods._lrp.presets import RulePreset
+from xaibench.methods._lrp.presets import RulePreset, leaf_kind, leaf_types
 
 #: what :func:`vit_relevance` returns (the family-independent :class:`~.base.Relevance`)
 ViTRelevance = Relevance
@@ -109,7 +111,8 @@ class ViTCanonizer(Canonizer):
 
     Args:
         model: a stock timm ``VisionTransformer`` in eval mode (e.g. ``TimmViT(...).model``).
-        preset: rule preset name (``"ours"``, ``"lrp"``) or a :class:`RulePreset`.
+        preset: rule preset name (``"ours"``, ``"lrp"``, ``"attnlrp"``, ``"cp_lrp"``) or a
+            :class:`RulePreset`.
         grad_from_block: index of the first block whose tensors a backward pass will read; the stem
             and earlier blocks then run without autograd (nothing below is needed). ``None`` keeps
             the whole forward differentiable (relevance down to the pixels).
@@ -128,22 +131,13 @@ class ViTCanonizer(Canonizer):
                 (R_A,) = torch.autograd.grad(logits, canon.attention[3], one_hot)
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        preset: str | RulePreset = "ours",
-        *,
-        grad_from_block: int | None = None,
-        record_blocks: Sequence[int] = (),
-    ) -> None:
-        _check_model(model)
-        super().__init__(
-            model, preset, depth=len(model.blocks), grad_from_block=grad_from_block, record_blocks=record_blocks
-        )
-
     def check(self) -> None:
         """Refuse models outside the supported timm ViT family (see the module docstring)."""
         _check_model(self.model)
+
+    def depth(self) -> int:
+        """Number of blocks."""
+        return len(self.model.blocks)
 
     # -- what gets which rule -------------------------------------------------------------------
     def _plan(self) -> list[tuple[object, str, Callable]]:
@@ -178,20 +172,21 @@ class ViTCanonizer(Canonizer):
         return plan
 
     def _leaf_rule(self, name: str, m: nn.Module, passthrough: tuple[type[nn.Module], ...]) -> Callable | None:
-        """``rule(x, out)`` for a leaf module, ``None`` for the eval-mode identities."""
-        preset, state = self.preset, self.state
+        """``rule(x, out)`` for a leaf module; ``None`` for the eval-mode identities and the stock gradient."""
         if type(m) in passthrough:
             return None  # identity in eval mode: the gradient is the relevance
         if isinstance(m, nn.Linear):
-            return self._linear_rule(m)
+            return self._bind("linear", m)
         if isinstance(m, nn.Conv2d) and m is self.model.patch_embed.proj:
-            return lambda x, out: preset.input_conv.apply(state, out, x, m.weight, m.stride, m.padding, m.dilation)
-        if isinstance(m, preset.identity):
-            return self._identity_rule()
+            return self._bind("input_conv", m)
+        kind = leaf_kind(m)
+        if kind is not None:
+            return self._bind(kind, m)
+        known = sorted({t.__name__ for types in leaf_types().values() for t in types})
         raise TypeError(
-            f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{preset.name}'; rules exist for "
-            f"nn.Linear, the patch-embedding Conv2d, {', '.join(sorted({t.__name__ for t in preset.identity}))} "
-            f"(identity) and {', '.join(t.__name__ for t in passthrough)} (eval-mode identity)"
+            f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{self.preset.name}'; rules exist for "
+            f"nn.Linear, the patch-embedding Conv2d, {', '.join(known)} and "
+            f"{', '.join(t.__name__ for t in passthrough)} (eval-mode identity)"
         )
 
     # -- instance forwards ----------------------------------------------------------------------
@@ -241,13 +236,13 @@ class ViTCanonizer(Canonizer):
         return _pos_embed
 
     def _pool(self) -> Callable:
-        model, preset, state = self.model, self.preset, self.state
+        model = self.model
 
         def pool(x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
             pool_type = model.global_pool if pool_type is None else pool_type
             if pool_type != "token":
                 _refuse(f"pool_type={pool_type!r}")
-            return preset.pool.apply(state, x[:, 0], x, 0)
+            return self._rule("pool", x[:, 0], x, 0)
 
         return pool
 
@@ -255,20 +250,20 @@ class ViTCanonizer(Canonizer):
         def forward(x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False) -> torch.Tensor:
             if attn_mask is not None or is_causal:
                 _refuse("an attention mask or causal attention")
-            skip, x = self.preset.clone.apply(self.state, x)
+            skip, x = self._fork(x)
             y = blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
             if last:
                 # only the class token is pooled, and after the last attention everything is
                 # token-wise: the rest of the model runs on that token alone (see _attention_forward)
                 skip = skip[:, :1]
             x = self._add(skip, y)
-            skip, x = self.preset.clone.apply(self.state, x)
+            skip, x = self._fork(x)
             return self._add(skip, blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x)))))
 
         return forward
 
     def _attention_forward(self, attn: nn.Module, index: int, last: bool) -> Callable:
-        preset, state, record = self.preset, self.state, index in self.record_blocks
+        record = index in self.record_blocks
 
         def forward(x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False) -> torch.Tensor:
             if attn_mask is not None or is_causal:
@@ -279,8 +274,8 @@ class ViTCanonizer(Canonizer):
             q, k = attn.q_norm(q), attn.k_norm(k)
             # the stock eager path's op order (q * scale, then @ kᵀ), so the values are timm's
             kt = k.transpose(-2, -1)
-            scores = preset.matmul.apply(state, (q * attn.scale) @ kt, q, kt, attn.scale)
-            a = rules.Identity.apply(state, scores.softmax(dim=-1), scores)
+            scores = self._rule("scores", (q * attn.scale) @ kt, q, kt, attn.scale)
+            a = self._rule("elementwise", scores.softmax(dim=-1), scores)
             a = attn.attn_drop(a)
             if record:
                 self.attention[index] = a
@@ -289,7 +284,7 @@ class ViTCanonizer(Canonizer):
                 # the class-token row only (the pooled token); A_b stays whole for the record,
                 # its other rows get zero gradient and relevance, as in the reference
                 a, out, N = a[:, :, :1], out[:, :, :1], 1
-            out = preset.matmul.apply(state, out, a, v)
+            out = self._rule("context", out, a, v)
             out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)
             out = attn.norm(out)
             out = attn.proj(out)
@@ -317,7 +312,7 @@ def vit_relevance(
         model: stock timm ``VisionTransformer`` in eval mode.
         inputs: ``[B, 3, H, W]`` normalised images in the model's dtype and device.
         target: ``[B]`` int64 classes, or ``None`` for each sample's argmax.
-        preset: rule preset (``"ours"`` or ``"lrp"``).
+        preset: rule preset (``"ours"``, ``"lrp"``, ``"attnlrp"``, ``"cp_lrp"``).
         blocks: blocks whose ``A_b`` and ``R^(A)_b`` (and ``∂y_c/∂A_b``) to return.
         gradients: also compute ``∂y_c/∂A_b`` (a true-gradient backward pass).
         input_relevance: also return the relevance at the pixels ``[B, 3, H, W]``.

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from helpers import golden_dir
-from xaibench.cli import USER_ERRORS, _root_cause, run_from_config
-from xaibench.compose import compose_config
+from xaibench.apps.cli import USER_ERRORS, _root_cause, run_from_config
+from xaibench.core.config import compose_config
 from xaibench.datasets.imagenet_val import imagenet1k_wnids
 
 IMAGE = ["model=vit_micro", "method=rollout", "batch_size=2"]
@@ -145,6 +145,33 @@ def _an_extra_class(tmp: Path) -> list[str]:
     return [o for o in overrides if not o.startswith("dataset.wnids")] + ["dataset.num_classes=3"]
 
 
+def _two_folders_not_wordnet_ids(tmp: Path) -> list[str]:
+    """Three class folders, one named like a WordNet id: the message counts all three (issue 19, item 9)."""
+    root = tmp / "val"
+    for name in ("n01440764", "cats", "dogs"):
+        write_image(root / name / "a.JPEG")
+    return ["dataset=imagenet_val", f"dataset.root={root}", "dataset.image_size=64", *IMAGE]
+
+
+def _gtsegs_plain_arrays(path: Path) -> list[str]:
+    """``/value/img`` and ``/value/gt`` holding pixels instead of object references."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("value/img", data=np.zeros((1, 3, 20, 16), dtype=np.uint8))
+        f.create_dataset("value/gt", data=np.zeros((1, 20, 16), dtype=np.uint8))
+    return gtsegs(path)
+
+
+def _gtsegs_without_cells(path: Path) -> list[str]:
+    """``/value/gt`` referencing the masks directly (the MATLAB cell level missing)."""
+    with h5py.File(path, "w") as f:
+        refs = f.create_group("#refs#")
+        img = refs.create_dataset("img", data=np.zeros((3, 20, 16), dtype=np.uint8))
+        gt = refs.create_dataset("gt", data=np.zeros((20, 16), dtype=np.uint8))
+        f.create_dataset("value/img", data=np.array([[img.ref]], dtype=h5py.ref_dtype))
+        f.create_dataset("value/gt", data=np.array([[gt.ref]], dtype=h5py.ref_dtype))
+    return gtsegs(path)
+
+
 JOB_FAILURES = [
     Case("gtsegs missing", lambda t: gtsegs(t / "gone.mat"), FileNotFoundError, r"{tmp}/gone.mat.*make data"),
     Case(
@@ -166,6 +193,20 @@ JOB_FAILURES = [
         r"{tmp}/wrong.mat.*no /value/img",
     ),
     Case(
+        "gtsegs pixels instead of references",
+        lambda t: _gtsegs_plain_arrays(t / "plain.mat"),
+        ValueError,
+        r"^{tmp}/plain.mat: /value/img is a \(1, 3, 20, 16\) uint8 dataset; expected the gtsegs_ijcv.mat layout: "
+        r"/value/img and /value/gt of shape \(N, 1\) holding object references",
+    ),
+    Case(
+        "gtsegs masks without the cell level",
+        lambda t: _gtsegs_without_cells(t / "nocell.mat"),
+        ValueError,
+        r"^{tmp}/nocell.mat: image 0: /value/gt leads to a \(20, 16\) uint8 dataset where a 1x1 cell of "
+        r"references was expected; expected the gtsegs_ijcv.mat layout",
+    ),
+    Case(
         "imagenet root missing",
         lambda t: ["dataset=imagenet_val", f"dataset.root={t}/nowhere", *IMAGE],
         FileNotFoundError,
@@ -173,6 +214,12 @@ JOB_FAILURES = [
     ),
     Case("imagenet missing classes", _all_classes_but_two, ValueError, r"998 class folders.*n01440764"),
     Case("imagenet extra class", _an_extra_class, ValueError, r"n00000001.*not ImageNet-1k classes"),
+    Case(
+        "imagenet class folders not named by WordNet id",
+        _two_folders_not_wordnet_ids,
+        ValueError,
+        r"found 3 class folders, 2 of them not named like a WordNet id \(cats, dogs\); 999 of the 1000",
+    ),
     Case(
         "imagenet requested class absent",
         lambda t: [o.replace(WNIDS[1], "n09999999") for o in imagenet_folder(t / "val")],
@@ -282,19 +329,19 @@ SAMPLE_FAILURES = [
         "undecodable image",
         lambda t: imagenet_folder(t / "val", _undecodable),
         r"cannot decode image {tmp}/val/n01440764/n01440764_0.JPEG",
-        "n01440764_0",
+        "n01440764/n01440764_0",
     ),
     SampleCase(
         "truncated image",
         lambda t: imagenet_folder(t / "val", _truncated_jpeg),
         r"cannot decode image {tmp}/val/n01440764/n01440764_0.JPEG.*truncated",
-        "n01440764_0",
+        "n01440764/n01440764_0",
     ),
     SampleCase(
         "tiny image",
         lambda t: imagenet_folder(t / "val", _tiny),
         r"image {tmp}/val/n01440764/n01440764_0.JPEG is 4x3 pixels .*smaller than 8 px",
-        "n01440764_0",
+        "n01440764/n01440764_0",
     ),
     SampleCase(
         "gtsegs image of the wrong shape",
@@ -302,7 +349,39 @@ SAMPLE_FAILURES = [
         r"{tmp}/odd.mat: image 1 has shape \(2, 20, 16\), expected \(3, W, H\)",
         "seg_00001",
     ),
+    SampleCase(
+        "gtsegs mask not 0/1",
+        lambda t: _gtsegs_with_a_bad_mask(t / "m255.mat", lambda m: m * 255),
+        r"{tmp}/m255.mat: image 1: its mask holds the values \[0, 255\]; expected 0/1 \(background/foreground\)",
+        "seg_00001",
+    ),
+    SampleCase(
+        "gtsegs mask of another size",
+        lambda t: _gtsegs_with_a_bad_mask(t / "msize.mat", lambda m: np.zeros((20, 20), dtype=np.uint8)),
+        r"{tmp}/msize.mat: image 1 is 20x16 pixels but its mask 20x20 \(width x height\); expected a mask of "
+        r"the image's size",
+        "seg_00001",
+    ),
 ]
+
+
+def _gtsegs_with_a_bad_mask(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> list[str]:
+    """Three gtsegs-layout images (stored (3, W, H), masks (W, H) behind a 1x1 cell), the second mask
+    replaced by ``change(mask)``."""
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        refs = f.create_group("#refs#")
+        img_refs, gt_refs = [], []
+        for k in range(3):
+            mask = (rng.random((20, 16)) > 0.5).astype(np.uint8)
+            img = refs.create_dataset(f"i{k}", data=rng.integers(0, 256, (3, 20, 16), dtype=np.uint8))
+            gt = refs.create_dataset(f"g{k}", data=change(mask) if k == 1 else mask)
+            cell = refs.create_dataset(f"r{k}", data=np.array([[gt.ref]], dtype=h5py.ref_dtype))
+            img_refs.append([img.ref])
+            gt_refs.append([cell.ref])
+        f.create_dataset("value/img", data=np.array(img_refs, dtype=h5py.ref_dtype))
+        f.create_dataset("value/gt", data=np.array(gt_refs, dtype=h5py.ref_dtype))
+    return gtsegs(path)
 
 
 def _gtsegs_with_a_two_channel_image(path: Path) -> list[str]:
@@ -376,3 +455,26 @@ def test_empty_evidence_is_warned_and_scored_as_eraser_does(tmp_path: Path, capl
     rows = {r["id"]: r for r in csv.DictReader((out / "scores.csv").open())}
     assert record["job"]["n"] == 3 and record["job"]["skipped"] == 0
     assert float(rows["r3.txt"]["token_f1/p@5"]) == 0.0  # its top words can only be false positives
+
+
+# -- options and folders: refused before any work, in one line (issue 19, item 9) ---------------------------
+OPTION_FAILURES = [
+    Case("device=gpu", lambda t: [*IMAGE, "dataset.size=2", "device=gpu"], ValueError, r"device='gpu'.*cpu, cuda"),
+    Case("seed=abc", lambda t: [*IMAGE, "dataset.size=2", "seed=abc"], ValueError, r"seed='abc' is not valid.*integer"),
+    Case("seed=1.5", lambda t: [*IMAGE, "dataset.size=2", "seed=1.5"], ValueError, r"seed=1.5 is not valid.*integer"),
+    Case(
+        "spot_check=-1", lambda t: [*IMAGE, "dataset.size=2", "spot_check=-1"], ValueError, r"spot_check must be >= 0"
+    ),
+    Case("batch_size=0", lambda t: [*IMAGE, "dataset.size=2", "batch_size=0"], ValueError, r"batch_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("case", OPTION_FAILURES, ids=lambda c: c.name)
+def test_bad_option_is_refused_not_coerced(case: Case, tmp_path: Path) -> None:
+    with pytest.raises(Exception) as info:
+        cfg = compose_config([*case.build(tmp_path), f"paths.output_dir={tmp_path}/out", "cache_dir=null"])
+        run_from_config(cfg, tmp_path / "out" / "job")
+    cause = _root_cause(info.value)
+    assert isinstance(cause, case.error) and isinstance(cause, USER_ERRORS), f"{type(cause).__name__}: {cause}"
+    assert re.search(case.message, str(cause)), str(cause)
+    assert nothing_written(tmp_path / "out" / "job")

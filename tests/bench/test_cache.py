@@ -15,8 +15,8 @@ import h5py
 import pytest
 import torch
 
-from xaibench.cache import AttributionCache, CacheKeyMismatch, key_hash, stable_json
-from xaibench.types import Attribution
+from xaibench.core.cache import AttributionCache, CacheKeyMismatch, key_hash, stable_json
+from xaibench.core.types import Attribution
 
 KEY = {
     "model": "vit_tiny",
@@ -185,8 +185,8 @@ def test_damaged_chunks_are_quarantined_not_fatal(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from xaibench.cache import AttributionCache
-    from xaibench.types import Attribution
+    from xaibench.core.cache import AttributionCache
+    from xaibench.core.types import Attribution
     key = {"model": "m", "method": {"name": "full_lrp"}, "target": "predicted"}
     cache = AttributionCache(sys.argv[1], key, chunk_size=1, fsync=False)
     i = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT
-from xaibench.cli import CONF_DIR
+from xaibench.core.config import CONF_DIR
 
 QUICK = ["dataset=synthetic_shapes", "dataset.size=6", "model=vit_micro", "metric=segmentation", "batch_size=3"]
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from helpers import golden_dir
-from xaibench.cache import AttributionCache
+from xaibench.core.cache import AttributionCache
+from xaibench.core.types import Attribution
 from xaibench.datasets.eraser import EraserMovies
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
-from xaibench.types import Attribution
 
 SEEDS = range(6)
 

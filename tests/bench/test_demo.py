@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from xaibench.cli import CONF_DIR
+from xaibench.core.config import CONF_DIR
 
 TINY_VIT = "+model.recipe={train_size:32,epochs:1,batch_size:16,embed_dim:16,depth:2,num_heads:2,image_size:32}"
 TINY_BERT = "+model.recipe={train_size:16,val_size:8,epochs:1,hidden_size:16,num_hidden_layers:2,intermediate_size:32}"

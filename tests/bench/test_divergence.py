@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from xaibench import divergence
+from xaibench.apps import divergence
 from xaibench.methods.attention import Rollout
 
 

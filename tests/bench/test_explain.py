@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaibench.explain import main, parse_target
+from xaibench.apps.explain import main, parse_target
 
 
 def _photo() -> Path:
@@ -84,7 +84,7 @@ def test_pixel_level_method_and_overrides(photo, tmp_path, capsys) -> None:
 
 
 def test_a_probed_backbone(photo, tmp_path, capsys) -> None:
-    from xaibench.probe import main as train_probe_main
+    from xaibench.apps.probe import main as train_probe_main
 
     probe = tmp_path / "probe"
     argv = ["--backbone", "vit_micro", "--data", "synthetic_shapes", "--out", str(probe), "--device", "cpu"]

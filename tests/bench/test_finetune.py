@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from xaibench.apps.finetune import main
 from xaibench.datasets.eraser import EraserMovies
 from xaibench.datasets.synthetic_text import SyntheticText
-from xaibench.finetune import SUMMARY_FILE, FinetuneConfig, evaluate, finetune, main
+from xaibench.models.finetune import SUMMARY_FILE, FinetuneConfig, evaluate, finetune
 from xaibench.models.hf_bert import HFBert
 
 

@@ -31,8 +31,8 @@ def test_sigkill_then_restart_gives_the_same_records(tmp_path) -> None:
     cmd, env = _run(tmp_path, "clean", ["cache_dir=null"])
     assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode == 0
     cache = tmp_path / "cache" / "attributions"
-    # small chunks so that some attribution work is on disk when the kill comes
-    cmd, env = _run(tmp_path, "killed", ["cache_chunk_size=4"])
+    # the default cache options: the first batch is written at once, then every cache_flush_seconds (10 s)
+    cmd, env = _run(tmp_path, "killed")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list(cache.rglob("chunk-*.h5")):
@@ -41,7 +41,7 @@ def test_sigkill_then_restart_gives_the_same_records(tmp_path) -> None:
     proc.wait(timeout=60)
     assert list(cache.rglob("chunk-*.h5")), "the job finished no chunk before the kill"
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    cmd, env = _run(tmp_path, "killed", ["cache_chunk_size=4"])
+    cmd, env = _run(tmp_path, "killed")
     assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode == 0
     for f in ("metrics.json", "scores.csv"):
         clean = (tmp_path / "clean" / f).read_text()
@@ -55,4 +55,4 @@ def test_sigkill_then_restart_gives_the_same_records(tmp_path) -> None:
         else:
             assert clean == resumed
     timing = json.loads((tmp_path / "killed" / "timing.json").read_text())
-    assert timing["attributions_cached"] >= 4 and timing["attributions_computed"] <= 20
+    assert timing["attributions_cached"] >= 2 and timing["attributions_computed"] <= 22

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from helpers import tiny_vit
+from xaibench.core.loop import LoopConfig, run_job
+from xaibench.core.types import AttributionMethod, DatasetAdapter, MetricRunner, Sample
 from xaibench.datasets.synthetic import SyntheticShapes
-from xaibench.loop import LoopConfig, run_job
 from xaibench.methods.attention import AttnGradCAM, Rollout
 from xaibench.metrics.segmentation import Segmentation
-from xaibench.types import AttributionMethod, DatasetAdapter, MetricRunner, Sample
 
 
 def _read(tmp_path):
@@ -129,24 +129,25 @@ class _Counting(MetricRunner):
 @pytest.mark.parametrize(
     "dataset, method, metrics, config, message",
     [
-        (_NoMask(), Rollout(), {"segmentation": Segmentation()}, LoopConfig(), r"needs \['mask'\]"),
-        (SyntheticShapes(4, 32), _TextOnly(), {"c": _Counting()}, LoopConfig(), "supports \\['text'\\]"),
-        (_NoMask(), Rollout(), {"c": _Counting()}, LoopConfig(target="label"), "target=label needs"),
-        (SyntheticShapes(4, 32), Rollout(), {}, LoopConfig(), "no metric"),
-        (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, LoopConfig(target="gt"), "supported: predicted"),
-        (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, LoopConfig(precision="fp8"), "supported: float32"),
+        (_NoMask(), Rollout(), {"segmentation": Segmentation()}, dict(), r"needs \['mask'\]"),
+        (SyntheticShapes(4, 32), _TextOnly(), {"c": _Counting()}, dict(), "supports \\['text'\\]"),
+        (_NoMask(), Rollout(), {"c": _Counting()}, dict(target="label"), "target=label needs"),
+        (SyntheticShapes(4, 32), Rollout(), {}, dict(), "no metric"),
+        (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, dict(target="gt"), "supported: predicted"),
+        (SyntheticShapes(4, 32), Rollout(), {"c": _Counting()}, dict(precision="fp8"), "supported: float32"),
         (
             SyntheticShapes(4, 32),
             Rollout(),
             {"c": _Counting()},
-            LoopConfig(precision="fp16", device="cpu"),
+            dict(precision="fp16", device="cpu"),
             "CUDA only",
         ),
     ],
 )
 def test_incompatible_combinations_fail_before_compute(tmp_path, dataset, method, metrics, config, message) -> None:
+    # bad option values are refused when the options are made, mismatched pieces when the job starts
     with pytest.raises(ValueError, match=message):
-        run_job(dataset, tiny_vit(), method, metrics, tmp_path, config)
+        run_job(dataset, tiny_vit(), method, metrics, tmp_path, LoopConfig(**config))
     assert not (tmp_path / "metrics.json").exists()
 
 

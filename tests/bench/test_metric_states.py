@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xaibench.core.types import merge_states
 from xaibench.metrics.faithfulness import AOPC, TokenAUPRC
 from xaibench.metrics.perturbation import Perturbation
 from xaibench.metrics.segmentation import Segmentation
 from xaibench.metrics.token_f1 import TokenF1
-from xaibench.types import merge_states
 
 RUNNERS = {
     "aopc": AOPC,

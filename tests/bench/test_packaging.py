@@ -31,8 +31,8 @@ def test_wheel_has_only_the_xaibench_package(tmp_path) -> None:
     ):
         assert must in names, must
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "xaibench = xaibench.cli:main" in entry
-    assert "xaibench-data = xaibench.data.fetch:main" in entry
+    assert "xaibench = xaibench.apps.cli:main" in entry
+    assert "xaibench-data = xaibench.apps.data_fetch:main" in entry
 
 
 def test_installed_xaibench_does_not_shadow_hugging_face_datasets(tmp_path) -> None:

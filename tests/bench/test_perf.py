@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
-from xaibench import perf
+from xaibench.apps import bench as perf
 
 
 def test_bench_times_every_image_method_and_writes_results(tmp_path) -> None:
@@ -44,14 +45,16 @@ def test_checks_compare_with_the_targets_and_batch_one() -> None:
 
 
 def test_make_bench_entry_point_writes_every_table(tmp_path) -> None:
-    """``python -m xaibench.perf`` as make bench runs it: timing, checks, divergence and memory tables."""
+    """``python -m xaibench.apps.bench`` as make bench runs it: timing, checks, divergence and memory tables."""
     import subprocess
     import sys
 
     args = ["--models", "vit_micro", "--batch-sizes", "1,2", "--repeats", "1", "--methods", "rollout,full_lrp"]
     args += ["--devices", "cpu", "--divergence-models", "vit_micro", "--divergence-samples", "2"]
     args += ["--memory-sizes", "20,40", "--out", str(tmp_path)]
-    out = subprocess.run([sys.executable, "-m", "xaibench.perf", *args], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "xaibench.apps.bench", *args], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     for name in ("cpu-2cores", "cpu-2cores_checks", "divergence_cpu-2cores"):
         name = name.replace("2cores", f"{perf.os.cpu_count()}cores")
@@ -59,3 +62,21 @@ def test_make_bench_entry_point_writes_every_table(tmp_path) -> None:
     assert "batching_never_costs" in (tmp_path / f"cpu-{perf.os.cpu_count()}cores.md").read_text()
     memory = (tmp_path / "memory.md").read_text()
     assert "| 20 |" in memory and "| 40 |" in memory
+
+
+def test_multi_pass_methods_are_checked_per_pass() -> None:
+    """Integrated gradients and SmoothGrad are judged per step / noise sample; the total is reported too."""
+    rows = [("integrated_gradients", 50, 110.0), ("smoothgrad", 25, 70.0), ("saliency", 1, 2.2)]
+    frame = pd.DataFrame(
+        [
+            {"model": "vit_base", "method": m, "batch": 16, "s_per_image": 1.0, "ratio": r, "passes": p}
+            | {"device": "cpu-2cores"}
+            for m, p, r in rows
+        ]
+    )
+    got = perf.checks(frame).set_index("method")
+    assert got.loc["integrated_gradients", "ratio_b16"] == 110.0  # the total, and per step 2.2 <= 2.5
+    assert got.loc["integrated_gradients", "ratio_per_pass_b16"] == pytest.approx(2.2)
+    assert got.loc["integrated_gradients", "meets_target"] and got.loc["saliency", "meets_target"]
+    assert not got.loc["smoothgrad", "meets_target"]  # 2.8 per noise sample
+    assert perf.instantiate({"_target_": "xaibench.methods.gradients.SmoothGrad", "nt_samples": 7}).passes == 7

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xaibench.core.types import Attribution, Batch, ModelAdapter, Sample, merge_states
 from xaibench.metrics.perturbation import (
     DEFAULT_STEPS,
     Perturbation,
     perturbation_auc,
     reference_heatmap,
 )
-from xaibench.types import Attribution, Batch, ModelAdapter, Sample, merge_states
 
 SIDE = 10  # 10 x 10 images: k = int(100 * p) pixels per step
 

@@ -11,23 +11,15 @@ import torch
 from PIL import Image
 
 from helpers import tiny_timm_vit
+from xaibench.apps.probe import main
+from xaibench.core.types import Batch
 from xaibench.datasets.image_folder import ImageFolder
 from xaibench.datasets.synthetic import SyntheticShapes
 from xaibench.methods.attention import AttnGradCAM, GradRollout, RawAttention, Rollout
 from xaibench.methods.baselines import RandomAttribution
+from xaibench.models.probe import FORMAT_VERSION, ProbeConfig, pooled_features, train_probe
+from xaibench.models.probe_files import attach_probe, load_probe, read_probe, save_probe
 from xaibench.models.timm_vit import TimmViT
-from xaibench.probe import (
-    FORMAT_VERSION,
-    ProbeConfig,
-    attach_probe,
-    load_probe,
-    main,
-    pooled_features,
-    read_probe,
-    save_probe,
-    train_probe,
-)
-from xaibench.types import Batch
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0}
 BACKBONE_CONFIG = {"_target_": "xaibench.models.timm_vit.TimmViT", "timm_kwargs": TINY, "init_seed": 0, "name": "tiny"}
@@ -102,7 +94,7 @@ def test_reload_gives_identical_logits(trained) -> None:
 def test_reload_through_the_model_config(trained) -> None:
     from hydra.utils import instantiate
 
-    from xaibench.compose import compose_config
+    from xaibench.core.config import compose_config
 
     linear, _, path = trained
     cfg = compose_config(["model=probe", f"model.probe={path}"])

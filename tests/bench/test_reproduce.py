@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from helpers import golden_dir
-from xaibench import reproduce
-from xaibench.cli import CONF_DIR
-from xaibench.loop import LoopConfig, check_compatible
+from xaibench.apps import reproduce
+from xaibench.core.checks import check_compatible
+from xaibench.core.config import CONF_DIR, LoopConfig
 
 EXPERIMENTS = sorted(
     str(p.relative_to(Path(CONF_DIR) / "experiment"))[: -len(".yaml")]
@@ -88,7 +88,7 @@ def test_every_experiment_composes_and_instantiates(experiment: str, data_dir: P
     """Each experiment with stand-in data and models: dataset, model, every method of the sweep and the
     metrics instantiate, and each job passes the loop's compatibility check (or is one that reproduce
     leaves out, saying why)."""
-    from xaibench.types import DatasetAdapter
+    from xaibench.core.types import DatasetAdapter
 
     base = [f"experiment={experiment}", f"paths.data_dir={data_dir}", *QUIET]
     cfg = reproduce.compose(base)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import golden_dir, load_golden_vit
+from xaibench.core.loop import LoopConfig, run_job
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
-from xaibench.loop import LoopConfig, run_job
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
 from xaibench.metrics.segmentation import Segmentation
 

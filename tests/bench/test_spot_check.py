@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from helpers import golden_dir, load_golden_vit
+from xaibench.core.loop import LoopConfig, run_job
 from xaibench.datasets.imagenet_seg import ImageNetSegmentation
-from xaibench.loop import LoopConfig, run_job
 from xaibench.methods.attention import Rollout
 from xaibench.methods.lrp import FullLRP
 from xaibench.metrics.segmentation import Segmentation

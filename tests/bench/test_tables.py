@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from helpers import ROOT
-from xaibench import cvpr21
+from xaibench.apps.tables import main
 from xaibench.metrics.perturbation import DEFAULT_STEPS, perturbation_auc, step_label
-from xaibench.tables import main
+from xaibench.report import cvpr21
 
 PAPER = ROOT / "results" / "cvpr21" / "paper.yaml"
 
@@ -264,7 +264,7 @@ def test_no_records_writes_nothing(tmp_path: Path, capsys) -> None:
 def test_records_from_an_mlflow_store(runs: Path, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from xaibench.tracking import MlflowLogger
+    from xaibench.report.tracking import MlflowLogger
 
     logger = MlflowLogger(store_dir=str(tmp_path / "mlflow"))
     for run_dir in (runs / "table2" / "transformer_attribution", runs / "table2" / "rollout"):

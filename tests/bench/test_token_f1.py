@@ -12,10 +12,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from helpers import ROOT
+from xaibench.core.text import top_k_words
+from xaibench.core.types import Attribution, Batch, ModelAdapter, Sample
 from xaibench.metrics.faithfulness import AOPC, TokenAUPRC
 from xaibench.metrics.token_f1 import TokenF1
-from xaibench.text import top_k_words
-from xaibench.types import Attribution, Batch, ModelAdapter, Sample
 
 
 def text_batch(docs: list[dict], ids: list[str] | None = None) -> tuple[Batch, Attribution]:

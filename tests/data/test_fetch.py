@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from xaibench.data import download as download_mod
-from xaibench.data.archive import UnsafeArchiveError, safe_extract
-from xaibench.data.assets import Asset, load_assets
-from xaibench.data.download import ChecksumError, DownloadError, download
-from xaibench.data.fetch import EXIT_ERROR, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, fetch_asset, main
+from xaibench.apps.data_fetch import EXIT_ERROR, EXIT_MANUAL, EXIT_OK, EXIT_USAGE, fetch_asset, main
+from xaibench.core.data import download as download_mod
+from xaibench.core.data.archive import UnsafeArchiveError, safe_extract
+from xaibench.core.data.assets import Asset, load_assets
+from xaibench.core.data.download import ChecksumError, DownloadError, download
 
 # --------------------------------------------------------------------------------------------------------------
 # a small mirror: serves bytes by name, honours (or ignores) Range, can cut the first response or fail first
@@ -402,7 +402,7 @@ def test_packaged_asset_list() -> None:
 )
 def test_weight_assets_are_where_their_model_configs_look(name: str, tmp_path: Path) -> None:
     """`xaibench-data <family>` puts the weights at the model config's checkpoint_path, from timm's hub repo."""
-    from xaibench.compose import compose_config
+    from xaibench.core.config import compose_config
 
     cfg = compose_config([f"model={name}", f"paths.data_dir={tmp_path}"])
     asset = load_assets()[name]

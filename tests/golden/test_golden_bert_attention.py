@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers import assert_golden_close, golden_cases, golden_dir, golden_stems, mode_target
-from xaibench.types import Batch
+from xaibench.core.types import Batch
 
 # golden name -> (module, class, kwargs): the reference's BERT Generator calls (REFERENCE §3.2)
 METHODS: dict[str, tuple[str, str, dict]] = {

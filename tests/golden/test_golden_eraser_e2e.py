@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers import assert_golden_close, golden_dir
-from xaibench.text import top_k_words
+from xaibench.core.text import top_k_words
 
 FILE = "eraser_e2e_golden.json"
 MODEL_STEM = "bert_small"  # the end-to-end files were produced with the small BERT
@@ -151,8 +151,8 @@ def test_golden_json_agrees_with_the_scorer_files(name: str, golden) -> None:
 def test_scorer_on_the_reference_word_scores(name: str) -> None:
     """The protocol alone, for every golden method: the reference's own per-word scores through our top-k
     and :class:`TokenF1` give its word lists and token P/R/F1 (ties among clamped zeros included)."""
+    from xaibench.core.types import Attribution, Batch
     from xaibench.metrics.token_f1 import TokenF1
-    from xaibench.types import Attribution, Batch
 
     golden = _golden()[name]
     ks = tuple(sorted(int(k) for k in golden["per_k"]))

@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from helpers import golden_dir, load_golden_vit
+from xaibench.core.types import Attribution, Batch
 from xaibench.metrics.perturbation import Perturbation, reference_heatmap, step_label
-from xaibench.types import Attribution, Batch
 
 FILE = "perturbation_e2e_golden.npz"
 MODEL_STEM = "vit_tiny"  # the end-to-end files were produced with the tiny ViT

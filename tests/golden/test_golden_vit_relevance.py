@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from helpers import assert_golden_close, golden_dir, golden_stems, load_golden_vit, mode_target
+from xaibench.core.types import AttributionMethod, Batch
 from xaibench.methods.lrp import FullLRP, LRPRollout, PartialLRP, TransformerAttribution
-from xaibench.types import AttributionMethod, Batch
 
 # golden array name -> our method (reference call -> paper name, golden/README.md)
 FIXED: dict[str, Callable[[], AttributionMethod]] = {

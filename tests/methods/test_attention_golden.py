@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import assert_golden_close, golden_cases, golden_dir, golden_stems, load_golden_vit, mode_target
+from xaibench.core.types import Batch
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
-from xaibench.types import Batch
 
 # golden array name -> our method (REFERENCE §3.1 names -> paper names)
 METHODS = {

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from helpers import tiny_vit
-from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout, rollout_matrix
+from xaibench.core.types import Batch
+from xaibench.methods._rollout import rollout
+from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
 from xaibench.methods.baselines import RandomAttribution
-from xaibench.types import Batch
 
 METHODS = {
     "raw_attention": RawAttention,
@@ -76,12 +77,12 @@ def test_rollout_matrix_hand_computed() -> None:
     a1 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
     h0 = torch.tensor([[0.75, 0.25], [0.1, 0.9]], dtype=torch.float64)
     h1 = torch.eye(2, dtype=torch.float64)
-    torch.testing.assert_close(rollout_matrix([a0, a1])[0], h1 @ h0)
-    torch.testing.assert_close(rollout_matrix([a0], normalize=False)[0], a0[0] + torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(rollout([a0, a1], normalize=True)[0], h1 @ h0)
+    torch.testing.assert_close(rollout([a0])[0], a0[0] + torch.eye(2, dtype=torch.float64))
 
 
 def test_fused_attention_is_refused() -> None:
-    from xaibench.methods._hooks import record_timm_attention
+    from xaibench.models._attention_hooks import record_timm_attention
 
     model = tiny_vit()
     for m in model.model.modules():

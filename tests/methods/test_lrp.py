@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from helpers import tiny_vit
-from xaibench.methods._lrp import rules
+from xaibench.core.types import Attribution, AttributionMethod, Batch
+from xaibench.methods._lrp import linear_rules, rules
 from xaibench.methods._lrp.vit import ViTCanonizer, vit_relevance
-from xaibench.methods.lrp import FullLRP, LRPRollout, PartialLRP, TransformerAttribution, cls_rollout
-from xaibench.types import Attribution, AttributionMethod, Batch
+from xaibench.methods._rollout import rollout
+from xaibench.methods.lrp import FullLRP, LRPRollout, PartialLRP, TransformerAttribution
 
 METHODS: dict[str, Callable[[], AttributionMethod]] = {
     "transformer_attribution": lambda: TransformerAttribution(start_layer=0),
@@ -141,12 +142,12 @@ def test_single_block_rollout_is_partial_lrp() -> None:
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_cls_rollout_is_the_matrix_product() -> None:
+def test_rollout_row_is_the_matrix_product() -> None:
     g = torch.Generator().manual_seed(0)
     mats = [torch.rand(2, 5, 5, generator=g, dtype=torch.float64) for _ in range(3)]
     eye = torch.eye(5, dtype=torch.float64)
     full = (eye + mats[2]) @ (eye + mats[1]) @ (eye + mats[0])
-    torch.testing.assert_close(cls_rollout(mats), full[:, 0])
+    torch.testing.assert_close(rollout(mats, row=0), full[:, 0])
 
 
 def test_canonized_gradients_and_attention_are_the_stock_ones() -> None:
@@ -230,8 +231,8 @@ def test_linear_rules_conservation() -> None:
     state = rules.RuleState()
     with torch.enable_grad(), state.relevance_mode():
         xs = x.clone().requires_grad_(True)
-        (joint,) = torch.autograd.grad(rules.LinearAlphaBetaJoint.apply(state, out, xs, w, b), xs, R)
-        (separate,) = torch.autograd.grad(rules.LinearAlphaBetaSeparate.apply(state, out, xs, w, b), xs, R)
+        (joint,) = torch.autograd.grad(linear_rules.LinearAlphaBetaJoint.apply(state, out, xs, w, b), xs, R)
+        (separate,) = torch.autograd.grad(linear_rules.LinearAlphaBetaSeparate.apply(state, out, xs, w, b), xs, R)
     # joint normalisation conserves, separate normalisation doubles (REFERENCE §2)
     # (up to the 1e-9 stabilisers)
     torch.testing.assert_close(joint.sum(-1), R.sum(-1), rtol=1e-7, atol=1e-7)
@@ -277,7 +278,7 @@ def test_rules_in_gradient_mode_are_the_stock_gradients() -> None:
     x = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 4, generator=g, dtype=torch.float64)
     state = rules.RuleState()
-    y = rules.LinearAlphaBetaSeparate.apply(state, nn.functional.linear(x, w), x, w, None)
+    y = linear_rules.LinearAlphaBetaSeparate.apply(state, nn.functional.linear(x, w), x, w, None)
     y = rules.Identity.apply(state, torch.tanh(y), y)
     (grad,) = torch.autograd.grad(y.sum(), x)
     (expected,) = torch.autograd.grad(torch.tanh(nn.functional.linear(x, w)).sum(), x)

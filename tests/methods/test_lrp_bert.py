@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from bert_helpers import hook_counts, instance_overrides, text_samples, tiny_bert, tiny_bert_net, unpadded_row
 from torch import nn
 
 from helpers import tiny_vit
+from xaibench.core.types import AttributionMethod, Batch
 from xaibench.datasets.synthetic_text import write_vocab
 from xaibench.methods._lrp.bert import BertCanonizer, bert_relevance
-from xaibench.methods.lrp import FullLRP, LRPRollout, PartialLRP, TransformerAttribution, cls_rollout
-from xaibench.models.hf_bert import HFBert, bert_tokenizer_from_vocab
-from xaibench.types import AttributionMethod, Batch, Sample
+from xaibench.methods._rollout import rollout
+from xaibench.methods.lrp import FullLRP, LRPRollout, PartialLRP, TransformerAttribution
+from xaibench.models.hf_bert import HFBert
 
 METHODS: dict[str, Callable[[], AttributionMethod]] = {
     "transformer_attribution": TransformerAttribution,  # BERT default: the last layer
@@ -28,7 +30,6 @@ METHODS: dict[str, Callable[[], AttributionMethod]] = {
     "lrp_rollout": lambda: LRPRollout(start_layer=0),
 }
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method"
-WORDS = ("good", "bad", "plot", "film", "acting", "great", "boring", "story", "the", "a", "and", "was")
 
 
 @pytest.fixture(scope="module")
@@ -36,63 +37,13 @@ def vocab_path(tmp_path_factory) -> Path:
     return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
 
 
-def _net(vocab_path: Path, layers: int = 3, seed: int = 0, attn: str = "eager", **config) -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    vocab = len(bert_tokenizer_from_vocab(vocab_path).get_vocab())
-    cfg = BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-        num_labels=3,
-        **config,
-    )
-    cfg._attn_implementation = attn
-    torch.manual_seed(seed)
-    net = BertForSequenceClassification(cfg)
-    with torch.no_grad():  # spread weights: peaky attention, structured maps
-        for name, p in net.named_parameters():
-            p.normal_(1.0, 0.1) if "LayerNorm.weight" in name else p.normal_(0.0, 0.3)
-    return net.eval()
-
-
-def _bert(vocab_path: Path, dtype: torch.dtype = torch.float64, layers: int = 3, **config) -> HFBert:
-    net = _net(vocab_path, layers=layers, **config)
-    return HFBert(model=net, tokenizer=bert_tokenizer_from_vocab(vocab_path), name="tiny_bert").to(dtype=dtype)
+_net, _bert, _samples, _row = tiny_bert_net, tiny_bert, text_samples, unpadded_row
+_leftovers, _hooks = instance_overrides, hook_counts
 
 
 @pytest.fixture(scope="module")
 def bert(vocab_path) -> HFBert:
     return _bert(vocab_path)
-
-
-def _samples(n: int = 4) -> list[Sample]:
-    g = torch.Generator().manual_seed(7)
-    lengths = [3, 11, 6, 17, 1, 9][:n]
-    return [
-        Sample(
-            id=f"d{i}", label=i % 3, words=tuple(WORDS[int(j)] for j in torch.randint(len(WORDS), (k,), generator=g))
-        )
-        for i, k in enumerate(lengths)
-    ]
-
-
-def _leftovers(model: nn.Module) -> list[str]:
-    return [name or "<model>" for name, m in model.named_modules() if "forward" in vars(m)]
-
-
-def _hooks(model: nn.Module) -> list[tuple[str, int]]:
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return [(name, sum(len(getattr(m, k)) for k in kinds)) for name, m in model.named_modules()]
-
-
-def _row(batch: Batch, i: int) -> Batch:
-    n = int(batch.inputs["attention_mask"][i].sum())
-    inputs = {k: v[i : i + 1, :n] for k, v in batch.inputs.items()}
-    return Batch(ids=(batch.ids[i],), inputs=inputs, labels=batch.labels[i : i + 1])
 
 
 # -- every method: padded batch == singles, shapes, stock logits, hygiene ---------------------------------
@@ -157,12 +108,12 @@ def test_default_start_layer_is_the_last_for_bert_and_0_for_vit(bert: HFBert) ->
     )
 
 
-def test_normalised_cls_rollout_is_the_matrix_product() -> None:
+def test_normalised_rollout_row_is_the_matrix_product() -> None:
     g = torch.Generator().manual_seed(0)
     mats = [torch.rand(2, 5, 5, generator=g, dtype=torch.float64) for _ in range(3)]
     eye = torch.eye(5, dtype=torch.float64)
     norm = [(eye + m) / (eye + m).sum(dim=-1, keepdim=True) for m in mats]
-    torch.testing.assert_close(cls_rollout(mats, normalize=True), (norm[2] @ norm[1] @ norm[0])[:, 0])
+    torch.testing.assert_close(rollout(mats, normalize=True, row=0), (norm[2] @ norm[1] @ norm[0])[:, 0])
 
 
 def test_float32_is_close_to_float64(vocab_path) -> None:

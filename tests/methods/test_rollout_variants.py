@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from helpers import tiny_vit
+from xaibench.core.types import Batch, ModelAdapter, Sample
 from xaibench.methods.attention import GradRollout, Rollout, discard_lowest
-from xaibench.types import Batch, ModelAdapter, Sample
 
 D = torch.float64
 
@@ -96,9 +96,9 @@ def test_rollout_without_discard_is_unchanged() -> None:
     x = torch.randn(3, 3, 32, 32, dtype=D)
     batch = Batch(ids=("a", "b", "c"), inputs=x, labels=torch.zeros(3, dtype=torch.long))
     _, attn = model.forward_with_attention(x)
-    from xaibench.methods.attention import rollout_matrix
+    from xaibench.methods._rollout import rollout
 
-    want = model.token_map(rollout_matrix([attn[b].mean(1) for b in sorted(attn)])[:, 0])
+    want = model.token_map(rollout([attn[b].mean(1) for b in sorted(attn)], normalize=True)[:, 0])
     torch.testing.assert_close(Rollout(start_layer=0, discard_ratio=0.0)(model, batch, None).maps, want.detach())
 
 
@@ -249,7 +249,7 @@ def test_grad_rollout_is_registered_as_a_config() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from xaibench.cli import CONF_DIR
+    from xaibench.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["method=grad_rollout", "logger=none"])

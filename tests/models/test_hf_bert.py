@@ -8,11 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from xaibench.core.text import top_k_words, word_scores
+from xaibench.core.types import Sample
 from xaibench.datasets.synthetic_text import SyntheticText, write_vocab
 from xaibench.methods.attention import AttnGradCAM, RawAttention, Rollout
 from xaibench.models.hf_bert import HFBert, bert_tokenizer_from_vocab
-from xaibench.text import top_k_words, word_scores
-from xaibench.types import Sample
 
 
 @pytest.fixture(scope="module")

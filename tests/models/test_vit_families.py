@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from helpers import tiny_timm_vit
+from xaibench.core.types import Batch
 from xaibench.methods.attention import AttnGradCAM, GradRollout, RawAttention, Rollout
 from xaibench.methods.baselines import RandomAttribution
-from xaibench.types import Batch
 
 
 def _families() -> dict[str, tuple[dict, tuple[int, int]]]:
@@ -165,7 +165,7 @@ def test_dynamic_size_maps_follow_each_input() -> None:
 
 
 def test_dynamic_size_collate_checks_the_patch_multiple() -> None:
-    from xaibench.types import Sample
+    from xaibench.core.types import Sample
 
     model, _ = _model("dynamic")
     batch = model.collate([Sample(id="a", image=torch.rand(3, 40, 56))])
@@ -379,12 +379,12 @@ def test_distilled_head_averages_cls_and_distillation_classifiers() -> None:
 def test_family_configs_compose(config: str) -> None:
     from hydra import compose, initialize_config_dir
 
-    from xaibench.cli import CONF_DIR
+    from xaibench.core.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"model={config}", "logger=none"])
     if config == "probe":
-        assert cfg.model._target_ == "xaibench.probe.load_probe"
+        assert cfg.model._target_ == "xaibench.models.probe_files.load_probe"
         return
     assert cfg.model._target_ == "xaibench.models.timm_vit.TimmViT"
     assert cfg.model.pretrained is False and "/weights/" in cfg.model.checkpoint_path

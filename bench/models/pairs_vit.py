@@ -1,0 +1,129 @@
+"""A small timm ViT trained on ``synthetic_pairs`` with a multi-label loss: the pair benchmark's image model.
+
+Trained once on CPU, deterministically, on images holding one or two objects (binary cross-entropy per
+class, so a class is present when its logit is > 0 whatever the other classes do), and cached under
+``cache_dir`` keyed by a hash of the recipe, like the other demo models (:mod:`xaibench.models.demo_cache`).
+The held-out per-class accuracy (two-object images of another seed) is written next to the weights
+(``pairs_vit-<digest>.json``) and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from xaibench.datasets.synthetic_pairs import CLASSES, SyntheticPairs
+from xaibench.models.demo_cache import build_once, recipe_digest
+from xaibench.models.timm_vit import TimmViT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "image_size": 64,
+    "patch_size": 8,
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "train_size": 6000,
+    "train_offset": 1_000_000,  # disjoint from the evaluation samples (offset 0)
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "seed": 0,
+    "heldout_size": 500,
+}
+
+
+class MultiLabelViT(TimmViT):
+    """A timm ViT whose logits are independent per-class log-odds (``multi_label``)."""
+
+    multi_label: ClassVar[bool] = True
+
+
+def _kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "img_size": recipe["image_size"],
+        "patch_size": recipe["patch_size"],
+        "num_classes": len(CLASSES),
+        "embed_dim": recipe["embed_dim"],
+        "depth": recipe["depth"],
+        "num_heads": recipe["num_heads"],
+        "mlp_ratio": 2.0,
+        "qkv_bias": True,
+    }
+
+
+def heldout_accuracy(model: torch.nn.Module, data: SyntheticPairs, batch_size: int = 100) -> list[float]:
+    """Per-class accuracy of the presence decision (``logit > 0``) on ``data``: ``[C]`` fractions."""
+    images, targets = data.arrays()
+    with torch.inference_mode():
+        logits = torch.cat([model((x - 0.5) / 0.5) for x in images.split(batch_size)])
+    return ((logits > 0).float() == targets).float().mean(dim=0).tolist()
+
+
+def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float]]:
+    """Train the ViT of ``recipe``; returns ``(model, held-out per-class accuracy)``."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(recipe["seed"])
+    model = VisionTransformer(**_kwargs(recipe))
+    train = SyntheticPairs(
+        recipe["train_size"],
+        recipe["image_size"],
+        seed=recipe["seed"],
+        offset=recipe["train_offset"],
+        min_objects=1,
+        max_objects=2,
+    )
+    images, targets = train.arrays()
+    images = (images - 0.5) / 0.5
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps = recipe["epochs"] * ((len(train) + recipe["batch_size"] - 1) // recipe["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    model.train()
+    for epoch in range(recipe["epochs"]):
+        order = torch.randperm(len(train), generator=gen)
+        total = 0.0
+        for start in range(0, len(train), recipe["batch_size"]):
+            idx = order[start : start + recipe["batch_size"]]
+            x = images[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5  # the shapes are left-right symmetric
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss = F.binary_cross_entropy_with_logits(model(x), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log.info("pairs ViT epoch %d/%d: loss %.4f", epoch + 1, recipe["epochs"], total / len(train))
+    model.eval()
+    heldout = SyntheticPairs(recipe["heldout_size"], recipe["image_size"], seed=recipe["seed"] + 1)
+    return model, heldout_accuracy(model, heldout)
+
+
+def pairs_vit(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> MultiLabelViT:
+    """The trained pair-benchmark ViT, loaded from ``cache_dir`` or trained and cached on first use."""
+    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
+    weights = Path(cache_dir).expanduser() / "models" / f"pairs_vit-{digest}.pt"
+
+    def build(tmp: Path) -> None:
+        model, accuracy = train_pairs_vit(recipe)
+        torch.save(model.state_dict(), tmp)
+        summary = {"recipe": recipe, "heldout_per_class_accuracy": dict(zip(CLASSES, accuracy, strict=True))}
+        weights.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        log.info("synthetic_pairs ViT held-out per-class accuracy: %s", summary["heldout_per_class_accuracy"])
+
+    build_once(weights, build, weights, retrain, "synthetic_pairs ViT")
+    return MultiLabelViT(
+        timm_kwargs=_kwargs(recipe),
+        checkpoint_path=str(weights),
+        name=f"pairs_vit-{digest}",
+        class_names=CLASSES,
+    )
