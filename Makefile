@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch and torchvision are resolved together from the registry (a matching pair; the CUDA build runs on CPU)
 	$(BIN)/python -m pip install -e ".[dev]"
+	# lxt (the AttnLRP authors' package, the tests' oracle) without its declared heavy deps (bitsandbytes,
+	# open_clip_torch, accelerate, zennit): the tests load only its rules and patches, which need torch alone
+	$(BIN)/python -m pip install --no-deps "lxt==2.1"
 	touch $(STAMP)
 
 install: $(STAMP) ## Build .venv from nothing but python3 and install xaibench with dev tools

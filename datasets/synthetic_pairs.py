@@ -164,6 +164,10 @@ class SyntheticPairs(DatasetAdapter):
         image[:, mask] = background[:, mask]
         return torch.from_numpy(image)
 
+    @property
+    def name(self) -> str:
+        return "synthetic_pairs"
+
     def class_names(self) -> Sequence[str]:
         return CLASSES
 

@@ -91,14 +91,14 @@ class CaptumMethod(AttributionMethod):
 
     # -- per family ----------------------------------------------------------------------------------
     def _image(
-        self, model: ModelAdapter, x: torch.Tensor, target: torch.Tensor | None, batch: Batch
+        self, model: ImageModelAdapter, x: torch.Tensor, target: torch.Tensor | None, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(attributions [B, 3, H, W], logits [B, C], targets [B])``."""
         raise NotImplementedError
 
     def _text(
         self,
-        model: ModelAdapter,
+        model: TextModelAdapter,
         forward: Callable[..., torch.Tensor],
         ids: torch.Tensor,
         extra: tuple[torch.Tensor, ...],

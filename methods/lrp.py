@@ -1,12 +1,12 @@
 """Relevance-based attribution: transformer attribution, full LRP, partial LRP, LRP rollout.
 
 All methods share one engine (:mod:`xaibench.methods._lrp`): LRP rules as ``autograd.Function`` s,
-two rule presets (``"ours"`` = the reference's ``layers_ours.py``, ``"lrp"`` = ``layers_lrp.py``) and
-one instance-scoped canonizer per model family: timm ``VisionTransformer`` (:mod:`.vit`, images) and
-Hugging Face ``BertForSequenceClassification`` (:mod:`.bert`, text). Each method is written once; the
-family only decides how the relevance pass is run and how a per-token row becomes a map
-(:class:`~xaibench.methods._lrp.network.Network`). Each method runs one forward pass and only the backward passes it reads,
-stopping at the lowest block it needs (REFERENCE §3.1, §3.2).
+rule presets (here the reference's two: ``"ours"`` = ``layers_ours.py``, ``"lrp"`` = ``layers_lrp.py``;
+AttnLRP's are used by :mod:`xaibench.methods.attnlrp`) and one instance-scoped canonizer per model
+family: timm ``VisionTransformer`` (images) and Hugging Face ``BertForSequenceClassification`` (text).
+Each method is written once; the family only decides how the relevance pass is run and how a per-token
+row becomes a map (:class:`~xaibench.methods._lrp.network.Network`). Each method runs one forward pass
+and only the backward passes it reads, stopping at the lowest block it needs (REFERENCE §3.1, §3.2).
 
 Family conventions, as the reference's generators have them:
 

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 
+from xaibench.apps import bench_metrics
 from xaibench.core.config import method_configs
 from xaibench.core.io import device_label, parse_devices
 from xaibench.core.types import Batch, ModelAdapter
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         help="models for the float32 (bf16/fp16 on CUDA) vs float64 map divergence ('' to skip)",
     )
     parser.add_argument("--divergence-samples", type=int, default=8, help="samples per divergence model")
+    bench_metrics.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.repeats < 1:
@@ -303,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
             models = [m for m in args.divergence_models.split(",") if m]
             found = divergence.run(models, args.divergence_samples, device, methods)
             print(divergence.write(found, Path(args.out), device, args.divergence_samples).read_text())
+    bench_metrics.main_rows(args, parse_devices(args.devices))  # the metric runners' rows
     if args.memory_sizes:
         mem = memory_scaling(tuple(int(x) for x in args.memory_sizes.split(",")))
         path = Path(args.out) / "memory.md"

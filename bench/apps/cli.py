@@ -1,8 +1,8 @@
 """The ``xaibench`` command: a thin Hydra entry point around :func:`xaibench.core.loop.run_job`.
 
-``xaibench`` with no arguments runs the default benchmark (``-m experiment=demo``); otherwise the
-arguments are Hydra overrides, e.g. ``xaibench dataset=synthetic_shapes method=rollout`` or
-``xaibench -m method=raw_attention,rollout,attn_gradcam``.
+``xaibench`` with no arguments runs the default benchmarks (``-m experiment=demo_pairs``, then
+``-m experiment=demo_text_pairs``); otherwise the arguments are Hydra overrides, e.g.
+``xaibench dataset=synthetic_shapes method=rollout`` or ``xaibench -m method=raw_attention,rollout,attn_gradcam``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,9 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
     return record
 
 
-DEMOS = ("experiment=demo", "experiment=demo_text")
+#: ``xaibench`` with no arguments: the two-object image and two-topic text benchmarks (the single-object sets
+#: stay reachable as ``experiment=demo`` and ``experiment=demo_text``)
+DEMOS = ("experiment=demo_pairs", "experiment=demo_text_pairs")
 
 
 def main() -> None:

@@ -118,6 +118,9 @@ def heatmap_at(attribution: Attribution, size: tuple[int, int]) -> np.ndarray:
     if torch.isnan(maps).any():
         log.warning("the map has NaN entries (a constant map with constant_map=nan?); drawn as 0")
         maps = torch.nan_to_num(maps, nan=0.0)
+    if attribution.level == "pixels" and tuple(maps.shape[-2:]) != tuple(size):
+        # pixel maps are at the model's input size (the image was resized to it): back to the picture's size
+        maps = torch.nn.functional.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     first = Attribution(maps, attribution.targets[:1], attribution.logits[:1], attribution.level)
     return pixel_heatmaps(first, size)[0].numpy().astype(np.float32)
 
@@ -185,8 +188,11 @@ def text_terminal(words: Sequence[str], scores: np.ndarray, color: bool) -> str:
     return " ".join(parts)
 
 
-def _top_classes(logits: torch.Tensor, names: Sequence[str] | None, k: int) -> list[tuple[int, float, str]]:
-    probs = logits.detach().float().softmax(dim=-1)[0]
+def _top_classes(
+    logits: torch.Tensor, names: Sequence[str] | None, k: int, multi_label: bool = False
+) -> list[tuple[int, float, str]]:
+    # a multi-label model scores each class on its own (sigmoid), a single-label one over all classes
+    probs = (logits.detach().float().sigmoid() if multi_label else logits.detach().float().softmax(dim=-1))[0]
     values, indices = probs.topk(min(k, probs.numel()))
     return [
         (int(i), float(p), names[int(i)] if names and int(i) < len(names) else f"class {int(i)}")
@@ -229,13 +235,10 @@ def explain(
     if model.modality == "image":
         if not path.is_file():
             raise FileNotFoundError(f"image {path} not found")
-        from xaibench.datasets.image_folder import load_rgb
+        from xaibench.datasets.image_folder import load_rgb, open_rgb
 
-        try:
-            with Image.open(path) as img:
-                original = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-        except OSError as exc:
-            raise ValueError(f"cannot read {path} as an image: {exc}") from None
+        # the dataset loader's decoding (16-bit images scaled, CMYK and palettes converted) for the overlay too
+        original = np.asarray(open_rgb(path), dtype=np.uint8).copy()
         sample = Sample(id=path.stem, image=load_rgb(path, model.image_size, "squash"))
         stem = path.stem
     else:
@@ -256,7 +259,7 @@ def explain(
     raw = out_stem.with_name(out_stem.name + ".npy")
     np.save(raw, attribution.maps[0].detach().float().cpu().numpy())
     files.append(raw)
-    top_k = _top_classes(attribution.logits, names, top)
+    top_k = _top_classes(attribution.logits, names, top, model.multi_label)
     target_name = names[explained] if names and explained < len(names) else f"class {explained}"
     terminal = ""
     if model.modality == "image":

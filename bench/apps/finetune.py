@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 
@@ -101,17 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the model has {adapter.num_classes} classes but --classes names {len(args.classes)}")
     adapter.model.config.id2label = dict(enumerate(args.classes))
     adapter.model.config.label2id = {c: i for i, c in enumerate(args.classes)}
-    config = FinetuneConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        grad_clip=args.grad_clip,
-        patience=args.patience,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        device=args.device,
-    )
+    # every training option has a command-line flag of the same name
+    config = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if hasattr(args, f.name)})
     result = finetune(adapter, train, val, config)
     adapter.to(device="cpu")
     summary = {

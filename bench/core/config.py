@@ -151,10 +151,12 @@ def loop_config(cfg: DictConfig, **changes: Any) -> LoopConfig:
         typed = OmegaConf.merge(OmegaConf.structured(LoopConfig), values)
     except ValidationError as exc:
         key = getattr(exc, "full_key", None) or "an option"
-        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
         field = next((f for f in dataclasses.fields(LoopConfig) if f.name == key), None)
-        wanted = kind.get(field.type if isinstance(field.type, type) else None, "") if field else ""
-        expected = wanted or str(field.type).replace("typing.", "") if field else "a valid value"
+        kind = str(field.type) if field is not None else ""  # annotations are strings here
+        wanted = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+        optional = kind.startswith("Optional[")
+        expected = wanted.get(kind.removeprefix("Optional[").removesuffix("]"), "a valid value")
+        expected += " or null" if optional else ""
         raise ValueError(f"{key}={values.get(key)!r} is not valid: expected {expected}") from None
     data = {**OmegaConf.to_container(typed, resolve=True), **changes}
     return LoopConfig(**data)

@@ -3,117 +3,91 @@
 On samples with several labelled classes (``synthetic_pairs``: two objects; ``synthetic_text_pairs``: two
 topics), explained once per class (``target=each``), for the map ``m_a`` of class ``a``:
 
-* ``pointing_a`` = 1 when the maximum of ``m_a`` lies in ``a``'s evidence (pointing game, Zhang et al.,
-  ECCV 2016), else 0; a constant map points nowhere (0);
+* ``pointing_a`` = 1 when the maximum of ``m_a`` lies in ``a``'s evidence (the pointing game of Zhang et al.,
+  ECCV 2016, without tolerance), else 0;
 * ``mass_gap_a`` = share of the positive mass of ``m_a`` in ``a``'s evidence − mean share in the other
-  classes' evidence (relevance mass accuracy, Arras, Osman & Samek, Information Fusion 2022, taken as a
-  difference between the classes), in ``[-1, 1]``;
+  classes' evidence (relevance mass accuracy, Arras, Osman & Samek, Information Fusion 2022, as a difference
+  between the classes), in ``[-1, 1]``;
 * ``both_point`` = 1 for a sample whose maps all point at their own class's evidence.
 
 Reported: mean pointing and mean mass gap over the explained samples, and the share of samples where every
 map points at its own evidence. A method whose map does not depend on the class (rollout, raw attention)
 gives every class of a sample the same map ``m``: the gaps of a two-class sample are ``s_a − s_b`` and
-``s_b − s_a``, which cancel exactly, so its mean mass gap is exactly 0, and ``m``'s one maximum lies in at
-most one of the two disjoint evidence regions, so its mean pointing is at most 0.5. A class-specific
-method can reach 1 on both.
+``s_b − s_a``, which cancel exactly (a sample's gaps are summed first), so its mean mass gap is exactly 0;
+and ``m``'s maximum lies in at most one of the two disjoint evidence regions, so its mean pointing is at
+most 0.5. A class-specific method can reach 1 on both.
 
-Images: token maps are upsampled bilinearly to the masks (:func:`xaibench.core.heatmaps.upsample`, no
-min-max, which would move the positive mass); the maximum is the first maximal pixel. Text: per-word
-scores (the max over a word's word-pieces, :func:`xaibench.core.text.word_scores`) over the words with a
-score; the evidence is the class's rationale words. Sums are per sample (the gaps of one sample are added
-first), so shards merge exactly.
+Maps and evidence as :mod:`xaibench.metrics.localisation` reads them (images: the map upsampled to the
+masks, no min-max, which would move the positive mass; text: per-word scores over the scored words), with
+its tie policy: tied maxima count as the expected hit of a random tie break (``both_point`` is then the
+product of the sample's pointing values), and a map without positive mass spreads it evenly. Sums are per
+sample, so shards merge exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
-from xaibench.core.heatmaps import upsample
-from xaibench.core.text import batch_word_scores
 from xaibench.core.types import Attribution, Batch, MetricRunner, ModelAdapter
+from xaibench.metrics.localisation import Evidence, mass_share, pointing_hits
 from xaibench.metrics.sums import TensorSums
 
 #: entries of the sum vector
-_SUMS = ("n", "pointing", "mass_own", "mass_other", "mass_gap", "samples", "both_point", "single", "nan_maps")
+_SUMS = ("n", "pointing", "mass_own", "mass_other", "mass_gap", "samples", "both_point", "single", "constant")
+_COLUMNS = ("pointing", "mass_own", "mass_other", "mass_gap", "both_point")
 
 
-def item_scores(values: torch.Tensor, own: torch.Tensor, others: torch.Tensor) -> tuple[float, float, float]:
+def item_scores(values: torch.Tensor, valid: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[float]]:
     """Pointing and mass shares of one map.
 
     Args:
-        values: ``[N]`` the map over pixels or words (NaN: no score, never the maximum, no mass).
-        own: ``[N]`` bool, the explained class's evidence.
-        others: ``[K-1, N]`` bool, the other classes' evidence (``K-1 >= 1``).
+        values: ``[N]`` the map over pixels or words.
+        valid: ``[N]`` bool, the positions that take part (the scored words).
+        masks: ``[K, N]`` bool, the explained class's evidence first, then each other class's.
 
     Returns:
-        ``(pointing, share_own, share_other)``: 1.0 or 0.0; the share of the positive mass in ``own``; the
-        mean share in each of ``others`` (shares are 0 for a map with no positive mass).
+        ``(pointing, shares)``: the pointing hit on ``masks[0]`` and the share of the positive mass in each of
+        ``masks`` (each computed on its own, so the same map and mask always give the same bits).
     """
-    scored = ~torch.isnan(values)
-    v = torch.where(scored, values, torch.zeros_like(values)).double()
-    pointing = 0.0
-    if bool(scored.any()):
-        lo = v[scored].min()
-        hi = v[scored].max()
-        if bool(hi > lo):
-            top = int(torch.nonzero(scored & (v == hi))[0, 0])  # the first maximal entry
-            pointing = float(bool(own[top]))
-    positive = v.clamp(min=0)
-    total = float(positive.sum())
-    if total <= 0:
-        return pointing, 0.0, 0.0
-    share_own = float(positive[own].sum()) / total
-    share_other = sum(float(positive[o].sum()) / total for o in others) / len(others)
-    return pointing, share_own, share_other
+    pointing = float(pointing_hits(values[None], masks[0][None], valid[None])[0])
+    weights = values.nan_to_num(0.0).clamp(min=0.0)[None]
+    return pointing, [float(mass_share(weights, m[None], valid[None])[0]) for m in masks]
 
 
-def _evidence(batch: Batch, attribution: Attribution) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per explained sample ``(values [N], own [N] bool, others [K-1, N] bool)`` over pixels or words."""
+def _other_masks(batch: Batch, ev: Evidence) -> list[torch.Tensor]:
+    """Per explained sample ``[K-1, N]`` bool: the other classes' evidence, laid out as ``ev.masks``."""
     extras = batch.extras
     if batch.images is not None:
-        if batch.masks is None or "other_masks" not in extras:
+        if "other_masks" not in extras:
             raise ValueError(
                 "class_sensitivity needs a mask per class (a dataset providing 'class_evidence', e.g. "
                 "synthetic_pairs) explained with target=each"
             )
-        masks = batch.masks.to("cpu")
-        maps = upsample(attribution.maps.detach().to("cpu", torch.float64), attribution.level, masks.shape[-2:])
-        return [
-            (maps[i].reshape(-1), masks[i].reshape(-1) > 0, extras["other_masks"][i].to("cpu").flatten(1) > 0)
-            for i in range(len(batch))
-        ]
+        return [m.to("cpu").flatten(1) > 0 for m in extras["other_masks"]]
     if "other_rationales" not in extras:
         raise ValueError(
             "class_sensitivity needs the evidence spans of every class (a dataset providing 'class_evidence', "
             "e.g. synthetic_text_pairs) explained with target=each"
         )
-    scores = batch_word_scores(batch, attribution, "class_sensitivity", ("rationales",)).to("cpu")
     out = []
-    for i in range(len(batch)):
-        n = int(extras["num_words"][i])
-        others = [_word_flags(spans, n) for spans in extras["other_rationales"][i]]
-        stacked = torch.stack(others) if others else torch.zeros(0, n, dtype=torch.bool)
-        out.append((scores[i, :n], _word_flags(extras["rationales"][i] or (), n), stacked))
+    for i, classes in enumerate(extras["other_rationales"]):
+        flags = torch.zeros(len(classes), ev.masks.shape[1], dtype=torch.bool)
+        for k, spans in enumerate(classes):
+            for start, end in spans:
+                flags[k, int(start) : int(end)] = True
+        out.append(flags & ev.valid[i])
     return out
-
-
-def _word_flags(spans: Sequence[Sequence[int]], n: int) -> torch.Tensor:
-    """``[n]`` bool, True on the words of ``(start, end)`` spans."""
-    flags = torch.zeros(n, dtype=torch.bool)
-    for start, end in spans:
-        flags[int(start) : int(end)] = True
-    return flags
 
 
 class ClassSensitivity(TensorSums, MetricRunner):
     """Pointing and mass gap of each class's map against its own and the other classes' evidence.
 
-    One row per explained sample: ``pointing``, ``mass_own``, ``mass_other``, ``mass_gap`` and
-    ``both_point`` (the sample's value, on each of its rows); NaN for a sample with a single class (there
-    is nothing to tell apart; counted in ``single``).
+    One row per explained sample: ``pointing``, ``mass_own``, ``mass_other``, ``mass_gap``, ``both_point``
+    (the sample's value, on each of its rows) and ``constant_map``; NaN for a sample with a single class
+    (there is nothing to tell apart; counted in ``single``).
     """
 
     name: ClassVar[str] = "class_sensitivity"
@@ -146,48 +120,47 @@ class ClassSensitivity(TensorSums, MetricRunner):
                 ``extras["other_rationales"]``; ``extras["samples"]`` names each row's sample.
             attribution: maps ``[B, gh, gw]`` / ``[B, H, W]`` (images) or ``[B, T]`` (text).
         """
+        ev = Evidence(batch, attribution, self.name, 0.0, -1)
+        others = _other_masks(batch, ev)
         groups: dict[str, list[int]] = {}
         for i, sample in enumerate(batch.extras.get("samples") or batch.ids):
             groups.setdefault(sample, []).append(i)
-        items = _evidence(batch, attribution)
-        nan = float("nan")
         rows: list[dict[str, Any]] = [{} for _ in range(len(batch))]
         for members in groups.values():
-            gap_sum, complete, all_point = 0.0, True, True
+            gap_sum, complete, all_point = 0.0, True, 1.0
             for i in members:
-                values, own, others = items[i]
-                if not len(others):
-                    rows[i] = {k: nan for k in ("pointing", "mass_own", "mass_other", "mass_gap", "both_point")}
-                    rows[i]["nan_map"] = False
+                constant = bool(ev.constant[i])
+                if not len(others[i]):
+                    rows[i] = {**dict.fromkeys(_COLUMNS, float("nan")), "constant_map": constant}
                     self._add("single", 1)
                     complete = False
                     continue
-                complete = complete and len(members) == len(others) + 1
-                has_nan = bool(torch.isnan(values).any()) and batch.images is not None
-                if has_nan:  # a NaN image map (the reference's constant Grad-CAM) points nowhere, has no mass
-                    values = torch.zeros_like(values)
-                pointing, share_own, share_other = item_scores(values, own, others)
-                gap = share_own - share_other
+                complete = complete and len(members) == len(others[i]) + 1
+                masks = torch.cat([ev.masks[i][None], others[i]])
+                pointing, shares = item_scores(ev.maps[i], ev.valid[i], masks)
+                share_other = sum(shares[1:]) / len(shares[1:])
+                gap = shares[0] - share_other
                 gap_sum += gap
-                all_point = all_point and pointing == 1.0
-                for key, value in (("n", 1), ("pointing", pointing), ("mass_own", share_own)):
+                all_point *= pointing
+                for key, value in zip(
+                    ("n", "pointing", "mass_own", "mass_other", "constant"),
+                    (1, pointing, shares[0], share_other, int(constant)),
+                    strict=True,
+                ):
                     self._add(key, value)
-                self._add("mass_other", share_other)
-                self._add("nan_maps", int(has_nan))
-                rows[i] = {"pointing": pointing, "mass_own": share_own, "mass_other": share_other, "mass_gap": gap}
-                rows[i]["nan_map"] = has_nan
+                rows[i] = {"pointing": pointing, "mass_own": shares[0], "mass_other": share_other, "mass_gap": gap}
+                rows[i]["constant_map"] = constant
             self._add("mass_gap", gap_sum)  # a sample's gaps first: a class-agnostic map sums to exactly 0
             if complete:
                 self._add("samples", 1)
-                self._add("both_point", int(all_point))
+                self._add("both_point", all_point)
             for i in members:
-                if "both_point" not in rows[i]:
-                    rows[i]["both_point"] = float(all_point) if complete else nan
+                rows[i].setdefault("both_point", all_point if complete else float("nan"))
         return rows
 
     def compute(self) -> dict[str, Any]:
         """``pointing``, ``mass_gap``, ``mass_own``, ``mass_other`` (means over explained samples),
-        ``both_point`` (share of samples), ``n``, ``n_samples``, ``single``, ``nan_maps``."""
+        ``both_point`` (share of samples), ``n``, ``n_samples``, ``single``, ``constant_maps``."""
         s = dict(zip(_SUMS, self._sums.tolist(), strict=True))
         n, samples = s["n"], s["samples"]
         mean = (lambda x: x / n) if n else (lambda x: float("nan"))
@@ -200,5 +173,5 @@ class ClassSensitivity(TensorSums, MetricRunner):
             "n": int(n),
             "n_samples": int(samples),
             "single": int(s["single"]),
-            "nan_maps": int(s["nan_maps"]),
+            "constant_maps": int(s["constant"]),
         }

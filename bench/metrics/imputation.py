@@ -62,25 +62,26 @@ def nested_dissection_order(height: int, width: int, leaf: int = 64) -> np.ndarr
     return order
 
 
-def impute_system(image: np.ndarray, removed: np.ndarray) -> tuple[object, np.ndarray, np.ndarray]:
-    """The sparse system of one image: ``(A [N, N] csc, b [N, C], flat indices of the N removed pixels)``.
+def impute_system(image: np.ndarray, removed: np.ndarray, unknowns: np.ndarray) -> tuple[object, np.ndarray]:
+    """The sparse system of one image, ``(A [N, N] csc, b [N, C])``, its unknowns numbered as ``unknowns``.
 
     Args:
         image: ``[C, H, W]`` float64.
         removed: ``[H, W]`` bool.
+        unknowns: the flat indices of the ``N`` removed pixels, in the order the solver eliminates them.
     """
     import scipy.sparse as sp
 
     channels, height, width = image.shape
     flat = image.reshape(channels, -1)
     rem = removed.reshape(-1)
-    idx = np.flatnonzero(rem)
+    n = unknowns.size
     var = np.full(height * width, -1, dtype=np.int64)
-    var[idx] = np.arange(idx.size)
-    r, c = idx // width, idx % width
-    rows, cols, vals = [], [], []
-    diag = np.zeros(idx.size)
-    b = np.zeros((idx.size, channels))
+    var[unknowns] = np.arange(n)
+    r, c = unknowns // width, unknowns % width
+    rows, cols, vals = [np.arange(n)], [np.arange(n)], []
+    diag = np.zeros(n)
+    b = np.zeros((n, channels))
     for (dr, dc), weight in NEIGHBOURS:
         nr, nc = r + dr, c + dc
         inside = (nr >= 0) & (nr < height) & (nc >= 0) & (nc < width)
@@ -92,11 +93,9 @@ def impute_system(image: np.ndarray, removed: np.ndarray) -> tuple[object, np.nd
         cols.append(var[nb[unknown]])
         vals.append(np.full(int(unknown.sum()), weight))
         b[eq[~unknown]] -= weight * flat[:, nb[~unknown]].T  # each equation appears once per offset
-    rows.append(np.arange(idx.size))
-    cols.append(np.arange(idx.size))
-    vals.append(-diag)
-    a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(idx.size,) * 2)
-    return a, b, idx
+    vals.insert(0, -diag)
+    a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    return a, b
 
 
 def noisy_linear_impute(
@@ -124,17 +123,13 @@ def noisy_linear_impute(
     if rem.all():
         raise ValueError("noisy linear imputation needs at least one kept pixel; every pixel was removed")
     img = image.detach().to("cpu", torch.float64).numpy()
-    a, b, idx = impute_system(img, rem)
     order = nested_dissection_order(*rem.shape)
-    var = np.full(rem.size, -1, dtype=np.int64)
-    var[idx] = np.arange(idx.size)
-    perm = var[order[rem.reshape(-1)[order]]]
-    lu = splu(a[perm][:, perm].tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
-    solution = np.empty_like(b)
-    solution[perm] = lu.solve(b[perm])
-    values = torch.from_numpy(solution.T.copy())  # [C, N]
+    unknowns = order[rem.reshape(-1)[order]]  # the removed pixels, numbered in elimination order
+    a, b = impute_system(img, rem, unknowns)
+    lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    values = torch.from_numpy(lu.solve(b).T.copy())  # [C, N]
     if noise > 0:
         values = values + noise * torch.randn(values.shape, generator=generator, dtype=torch.float64)
-    out = image.detach().to("cpu", torch.float64).reshape(image.shape[0], -1).clone()
-    out[:, torch.from_numpy(idx)] = values
+    out = torch.from_numpy(img.reshape(img.shape[0], -1).copy())
+    out[:, torch.from_numpy(unknowns)] = values
     return out.reshape(image.shape).to(device=image.device, dtype=image.dtype)

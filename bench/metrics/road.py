@@ -13,8 +13,8 @@ accuracy AUC in percent (as the perturbation test's, MoRF lower is better, LeRF 
 probability AUC. ``lerf_minus_morf`` (accuracy AUC) summarises both orders (higher is better).
 
 The imputation noise is drawn from a generator seeded with ``seed`` and the sample id, so a sample gets
-the same noise in any batch and on any rank. A sample costs ``2·len(fractions) + 1`` forwards and as many
-sparse solves (less one).
+the same noise in any batch and on any rank. A sample costs ``2·len(fractions) + 1`` forwards and
+``2·len(fractions)`` sparse solves.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018; Hedström et al., TMLR 2024, "Sanity
-Checks Revisited").
+"""Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018, "Sanity Checks for Saliency Maps";
+Hedström et al., NeurIPS 2023 XAIA workshop, "Sanity Checks Revisited").
 
 * **Cascading model parameter randomisation** (MPRT, Adebayo §3.1): the model's layers are
   re-initialised one after another from the top (the classifier head) down to the embeddings, and after

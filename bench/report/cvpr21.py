@@ -51,6 +51,7 @@ from xaibench.report.cvpr21_tables import (
     table2,
     table3,
 )
+from xaibench.report.summary import other_metrics_frame, to_markdown
 
 __all__ = ["build_tables", "default_paper_path", "load_paper", "MAIN_METHODS"]
 
@@ -79,7 +80,8 @@ def build_tables(
     """
     b = _Builder(RecordIndex(records), paper)
     tables = [table1(b), table2(b), table3(b), eraser_table(b)]
-    if not any(t.has_records for t in tables):
+    others = other_metrics_frame(records)  # the metrics beyond the paper, beside its tables
+    if not any(t.has_records for t in tables) and others.empty:
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,9 @@ def build_tables(
     for t in tables:
         _write(out / f"{t.name}.md", t.markdown, written)
         _write(out / f"{t.name}.csv", _csv(t.rows, LONG_COLUMNS), written)
+    if not others.empty:
+        _write(out / "other_metrics.md", to_markdown(others) + "\n", written)
+        _write(out / "other_metrics.csv", others.to_csv(index=False), written)
 
     figure_lines = []
     if figures:

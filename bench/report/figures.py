@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xaibench.report.pair_figure import class_groups, pair_figure
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,9 @@ def example_figure(
                 "examples of %s show other images than %s; left out of %s", it["label"], first["label"], out_path
             )
     items = same
+    groups = class_groups(first)
+    if groups is not None:  # target=each on a multi-label set: each image's maps of every class side by side
+        return pair_figure(items, groups, out_path, title)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 #: the headline numbers of each metric runner, in table order, and whether they are shown in percent
 HEADLINES: dict[str, list[tuple[str, str, bool]]] = {
+    "class_sensitivity": [
+        ("mass_gap", "mass gap (↑)", False),
+        ("pointing", "pointing %", True),
+        ("both_point", "both point %", True),
+    ],
     "segmentation": [("pixel_accuracy", "pixel acc. %", True), ("miou", "mIoU %", True), ("map", "mAP %", True)],
     "perturbation": [("positive_auc", "pos. AUC % (↓)", False), ("negative_auc", "neg. AUC % (↑)", False)],
     "token_f1": [
@@ -26,7 +31,22 @@ HEADLINES: dict[str, list[tuple[str, str, bool]]] = {
         ("micro_f1@40", "token-F1@40 micro", False),
         ("macro_f1@20", "token-F1@20 macro", False),
     ],
+    "pointing_game": [("hit", "pointing hit %", True), ("energy", "energy PG %", True)],
+    "relevance_mass": [("mass", "rel. mass %", True)],
+    "relevance_rank": [("rank", "rel. rank %", True)],
+    "insertion_deletion": [("insertion_auc", "insertion AUC (↑)", False), ("deletion_auc", "deletion AUC (↓)", False)],
+    "road": [("morf_auc", "ROAD MoRF % (↓)", False), ("lerf_auc", "ROAD LeRF % (↑)", False)],
+    "sanity": [
+        ("spearman_last", "MPRT ρ last (↓)", False),
+        ("ssim_last", "MPRT SSIM last (↓)", False),
+        ("random_logit_ssim", "rand. logit SSIM (↓)", False),
+    ],
 }
+#: the paper's metrics; a sweep with others as well gets a second table for those (readability)
+PAPER_METRICS = ("segmentation", "perturbation", "token_f1")
+
+#: runners whose numbers tell a class-specific explanation from a class-agnostic one: their columns come first
+CLASS_SPECIFIC = ("class_sensitivity",)
 
 
 def records_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -52,12 +72,23 @@ def records_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         }
         if job.get("truncated"):  # text cut at the model's maximum length (its tail gets no score)
             row["truncated"] = job["truncated"]
-        for metric, values in rec.metrics.items():
+        for metric, values in sorted(rec.metrics.items(), key=lambda kv: kv[0] not in CLASS_SPECIFIC):
             for key, label, percent in HEADLINES.get(metric, []):
                 if key in values and values[key] is not None:
                     row[label] = values[key] * 100.0 if percent else values[key]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def other_metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """The headline numbers of the metrics beyond the paper's (:data:`PAPER_METRICS`), one row per finished
+    job that has any (empty when none): ``xaibench-tables`` writes it beside the paper's tables."""
+    frame = records_frame([r for r in records if not r.failed and set(r.metrics) - set(PAPER_METRICS)])
+    others = [label for m, rows in HEADLINES.items() if m not in PAPER_METRICS for _, label, _ in rows]
+    if frame.empty:
+        return frame
+    keep = ["method", "dataset", "model", "target", "n", "partial", *(c for c in others if c in frame.columns)]
+    return frame[[c for c in keep if c in frame.columns]].sort_values(["dataset", "model", "method"])
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -91,7 +122,14 @@ def summarize_sweep(sweep_dir: Path, figure: bool = True) -> int:
     keep = [c for c in ok.columns if c not in ("run", "model", "partial", "error")]
     table = ok[keep].sort_values("method") if "method" in ok else ok
     failed = frame[frame["status"] == "failed"]
-    text = to_markdown(table)
+    headline = {label for rows in HEADLINES.values() for _, label, _ in rows}
+    others = [label for m, rows in HEADLINES.items() if m not in PAPER_METRICS for _, label, _ in rows]
+    first = [c for c in table.columns if c not in others]
+    second = [c for c in table.columns if c not in headline] + [c for c in others if c in table.columns]
+    if any(c in headline for c in first) and any(c in others for c in second):  # two tables: paper, then the rest
+        text = to_markdown(table[first]) + "\n\n" + to_markdown(table[second])
+    else:
+        text = to_markdown(table)
     if len(failed):
         text += "\n\nFailed jobs:\n" + "\n".join(f"- {r.run}: {r.error}" for r in failed.itertuples())
     (Path(sweep_dir) / "summary.md").write_text(text + "\n")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd import Function
 
 from xaibench.methods._lrp.rules import RuleState, _setup
@@ -87,19 +87,18 @@ class LayerNormFrozenStd(Function):
     def forward(
         ctx: Any, state: RuleState, out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, eps: float
     ) -> torch.Tensor:
-        _setup(ctx, state, x, weight)
-        ctx.eps = eps
+        _setup(ctx, state)
+        # σ as lxt computes it (the biased variance about the mean): an intermediate, kept instead of x
+        ctx.std = ((x - x.mean(dim=-1, keepdim=True)) ** 2).mean(dim=-1, keepdim=True).add_(eps).sqrt_()
+        ctx.weight = weight
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None) -> tuple:
         if g is None or not ctx.state.relevance:
             return None, g, None, None, None
-        x, weight = ctx.saved_tensors
-        mean = x.mean(dim=-1, keepdim=True)
-        std = ((x - mean) ** 2).mean(dim=-1, keepdim=True).add_(ctx.eps).sqrt_()
-        wg = g if weight is None else g * weight
-        return None, None, (wg - wg.mean(dim=-1, keepdim=True)).div_(std), None, None
+        wg = g if ctx.weight is None else g * ctx.weight
+        return None, None, (wg - wg.mean(dim=-1, keepdim=True)).div_(ctx.std), None, None
 
     @classmethod
     def leaf(cls, state: RuleState, m: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -136,7 +135,7 @@ class UniformProduct(Function):
         return None, g * 0.5, None, None, None
 
 
-class NoRelevance(Function):
+class NoRelevance(UniformProduct):
     """CP-LRP on ``Q Kᵀ``: the attention is a constant, so no relevance reaches ``q`` and ``k``.
 
     ``lxt`` ``cp_wrap_attention_forward`` (``stop_gradient`` on the query and key). ``apply(state, out,
@@ -144,15 +143,8 @@ class NoRelevance(Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, state: RuleState, out: torch.Tensor, p: torch.Tensor, q: torch.Tensor, scale: float = 1.0):
-        _setup(ctx, state)
-        return out
-
-    @staticmethod
     def backward(ctx: Any, g: torch.Tensor | None) -> tuple:
-        if g is None or not ctx.state.relevance:
-            return None, g, None, None, None
-        return None, None, None, None, None
+        return None, (g if not ctx.state.relevance else None), None, None, None
 
 
 class ConstantAttention(Function):
@@ -196,15 +188,9 @@ class LinearGamma(Function):
 
     @staticmethod
     def forward(
-        ctx: Any,
-        state: RuleState,
-        out: torch.Tensor,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        gamma: float,
-    ) -> torch.Tensor:
-        _setup(ctx, state, out, x, weight, bias)
+        ctx: Any, state: RuleState, out: Tensor, x: Tensor, w: Tensor, b: Tensor | None, gamma: float
+    ) -> Tensor:
+        _setup(ctx, state, out, x, w, b)
         ctx.gamma = gamma
         return out
 

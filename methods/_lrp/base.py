@@ -3,8 +3,9 @@
 A canonizer (:class:`Canonizer`) gives every operation of one model family its LRP rule inside a
 ``with`` block by overriding ``forward`` (and a few other methods) on module *instances*; it
 restores them in ``finally``, patches no class and registers no hook. Family modules
-(:mod:`.vit`, :mod:`.bert`) implement :meth:`Canonizer.check` (refuse what the rules do not cover)
-and :meth:`Canonizer._plan` (which attribute of which object gets which function).
+(:mod:`.vit`, :mod:`.bert`) implement :meth:`Canonizer.check` (refuse what the rules do not cover),
+:meth:`Canonizer.depth` and :meth:`Canonizer._plan` (which attribute of which object gets which
+function); leaf modules get their rule from the preset by kind (:meth:`Canonizer._leaf_rule`).
 
 :func:`relevance_pass` is the one driver used by every family: a forward pass inside an entered
 canonizer, then a true-gradient backward pass (if asked for) and a relevance backward pass, both
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from xaibench.methods._lrp import rules
-from xaibench.methods._lrp.presets import RulePreset, get_preset
+from xaibench.methods._lrp.presets import RulePreset, get_preset, leaf_kind, leaf_types
 
 #: models inside a canonizer right now (a second, nested canonizer would wrap the wrappers)
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()
@@ -90,9 +91,9 @@ class Canonizer:
     """Base of the family canonizers: override-and-restore, the rule switch, recorded attention.
 
     Args:
-        model: the family's stock model in eval mode.
-        preset: rule preset name (``"ours"``, ``"lrp"``) or a :class:`RulePreset`.
-        depth: number of transformer blocks (for block indices; negative counts from the end).
+        model: the family's stock model in eval mode (checked by :meth:`check`; :meth:`depth` gives its
+            number of blocks, for block indices where negative counts from the end).
+        preset: rule preset name (``"ours"``, ``"lrp"``, ``"attnlrp"``, ``"cp_lrp"``) or a :class:`RulePreset`.
         grad_from_block: first block whose tensors a backward pass will read; everything below runs
             without autograd. ``None`` keeps the whole relevance path differentiable.
         record_blocks: blocks whose attention probabilities ``A_b`` ``[B, h, n, n]`` are recorded
@@ -189,6 +190,42 @@ class Canonizer:
         """``n`` aliases of ``x`` for its ``n`` users, carrying the preset's fork rule."""
         clone = self.preset.clone
         return (x,) * n if clone is None else clone.apply(self.state, x, n)
+
+    def _leaf_rule(
+        self,
+        name: str,
+        m: nn.Module,
+        passthrough: tuple[type[nn.Module], ...],
+        input_layer: nn.Module | None = None,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """``rule(x, out)`` of the preset for a leaf module (``None``: no override, the stock gradient).
+
+        Args:
+            name: the module's name in the model (for the error message).
+            m: the leaf module.
+            passthrough: types that are the identity in eval mode (dropout, ...): their gradient is the
+                relevance.
+            input_layer: the family's input convolution (the ViT patch embedding), given the input rule.
+
+        Raises:
+            TypeError: a module no rule covers, naming it and what is covered.
+        """
+        if type(m) in passthrough:
+            return None
+        if isinstance(m, nn.Linear):
+            return self._bind("linear", m)
+        if m is input_layer:
+            return self._bind("input_conv", m)
+        kind = leaf_kind(m)
+        if kind is not None:
+            return self._bind(kind, m)
+        known = sorted({t.__name__ for types in leaf_types().values() for t in types})
+        layer = "" if input_layer is None else f"the input {type(input_layer).__name__}, "
+        raise TypeError(
+            f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{self.preset.name}'; rules exist for "
+            f"nn.Linear, {layer}{', '.join(known)} and {', '.join(t.__name__ for t in passthrough)} "
+            "(eval-mode identity)"
+        )
 
     def _bind(self, kind: str, m: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """``rule(x, out)`` of the preset for a leaf module of ``kind`` (``"linear"``, ``"input_conv"``,

@@ -51,7 +51,7 @@ from xaibench.methods._lrp.bert_support import (
     is_bert,
     modeling_bert,
 )
-from xaibench.methods._lrp.presets import RulePreset, leaf_kind, leaf_types
+from xaibench.methods._lrp.presets import RulePreset
 
 __all__ = ["BertCanonizer", "bert_relevance", "is_bert"]
 
@@ -133,27 +133,15 @@ class BertCanonizer(Canonizer):
             kind = type(m)
             if kind in overrides:
                 plan.append((m, "forward", overrides[kind](m)))
-            elif kind in stock or isinstance(m, nn.Dropout):
-                continue  # dropout: identity in eval mode, the gradient is the relevance
+            elif kind in stock:
+                continue
             elif any(True for _ in m.children()):
                 raise TypeError(f"module '{name}' ({kind.__name__}) has no LRP rule (not a supported container)")
             else:
-                rule = self._leaf_rule(name, m)
+                rule = self._leaf_rule(name, m, (nn.Dropout,))  # dropout: identity in eval mode
                 if rule is not None:
                     plan.append((m, "forward", leaf_forward(m, rule)))
         return plan
-
-    def _leaf_rule(self, name: str, m: nn.Module) -> Callable | None:
-        if isinstance(m, nn.Linear):
-            return self._bind("linear", m)
-        kind = leaf_kind(m)
-        if kind is not None:
-            return self._bind(kind, m)
-        known = sorted({t.__name__ for types in leaf_types().values() for t in types})
-        raise TypeError(
-            f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{self.preset.name}'; rules exist "
-            f"for nn.Linear, {', '.join(known)} and nn.Dropout (eval-mode identity)"
-        )
 
     # -- instance forwards ----------------------------------------------------------------------
     @staticmethod

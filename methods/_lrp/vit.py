@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from xaibench.methods._lrp.base import Canonizer, Relevance, block_index, check_targets, leaf_forward, relevance_pass
-from xaibench.methods._lrp.presets import RulePreset, leaf_kind, leaf_types
+from xaibench.methods._lrp.presets import RulePreset
 
 #: what :func:`vit_relevance` returns (the family-independent :class:`~.base.Relevance`)
 ViTRelevance = Relevance
@@ -161,7 +161,7 @@ class ViTCanonizer(Canonizer):
                 continue
             if any(True for _ in m.children()):
                 raise TypeError(f"module '{name}' ({type(m).__name__}) has no LRP rule (not a supported container)")
-            rule = self._leaf_rule(name, m, passthrough)
+            rule = self._leaf_rule(name, m, passthrough, input_layer=model.patch_embed.proj)
             if rule is not None:
                 plan.append((m, "forward", leaf_forward(m, rule)))
         plan += [
@@ -170,24 +170,6 @@ class ViTCanonizer(Canonizer):
             (model, "pool", self._pool()),
         ]
         return plan
-
-    def _leaf_rule(self, name: str, m: nn.Module, passthrough: tuple[type[nn.Module], ...]) -> Callable | None:
-        """``rule(x, out)`` for a leaf module; ``None`` for the eval-mode identities and the stock gradient."""
-        if type(m) in passthrough:
-            return None  # identity in eval mode: the gradient is the relevance
-        if isinstance(m, nn.Linear):
-            return self._bind("linear", m)
-        if isinstance(m, nn.Conv2d) and m is self.model.patch_embed.proj:
-            return self._bind("input_conv", m)
-        kind = leaf_kind(m)
-        if kind is not None:
-            return self._bind(kind, m)
-        known = sorted({t.__name__ for types in leaf_types().values() for t in types})
-        raise TypeError(
-            f"module '{name}' ({type(m).__name__}) has no LRP rule in preset '{self.preset.name}'; rules exist for "
-            f"nn.Linear, the patch-embedding Conv2d, {', '.join(known)} and "
-            f"{', '.join(t.__name__ for t in passthrough)} (eval-mode identity)"
-        )
 
     # -- instance forwards ----------------------------------------------------------------------
     def _forward_features(self) -> Callable:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaibench.core.types import Attribution, Batch, ModelAdapter, Sample, merge_states
+from xaibench.core.types import Attribution, Batch, ImageModelAdapter, Sample, merge_states
 from xaibench.metrics.perturbation import (
     DEFAULT_STEPS,
     Perturbation,
@@ -22,7 +22,7 @@ from xaibench.metrics.perturbation import (
 SIDE = 10  # 10 x 10 images: k = int(100 * p) pixels per step
 
 
-class ThresholdModel(ModelAdapter):
+class ThresholdModel(ImageModelAdapter):
     """Predicts class 0 while more than ``t`` of the pixels are left, ``t`` = the image's (constant) value.
 
     Sample ``b`` is built with value ``t_b``; with label 0 it is a hit at removed fraction ``x`` iff
@@ -45,6 +45,10 @@ class ThresholdModel(ModelAdapter):
     def attention_layers(self) -> Sequence[nn.Module]:
         return []
 
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return (SIDE, SIDE)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return images.float() * 2 - 1  # like Normalize(0.5, 0.5): removed pixels become -1
 
@@ -54,6 +58,12 @@ class ThresholdModel(ModelAdapter):
         kept = (images != 0).any(dim=1).flatten(1).double().mean(dim=1)
         value = images.flatten(1).amax(dim=1).double()
         return torch.stack([kept - value, torch.zeros_like(kept), torch.full_like(kept, -5.0)], dim=1)
+
+    def forward_with_attention(self, inputs, layers=None):
+        raise NotImplementedError("a test stub without attention")
+
+    def token_map(self, row):
+        raise NotImplementedError("a test stub without tokens")
 
 
 def threshold_batch(values: Sequence[float], start: int = 0) -> Batch:

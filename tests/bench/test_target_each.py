@@ -27,6 +27,15 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+def _flat(tree, prefix=""):
+    """``{"a": {"b": [1, 2]}}`` -> ``{"a.b.0": 1, "a.b.1": 2}`` (for approximate comparisons)."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in _flat(value, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: tree}
+
+
 def _metrics():
     return {
         "class_sensitivity": ClassSensitivity(),
@@ -45,7 +54,7 @@ def test_rows_keyed_by_sample_and_class_and_batch_invariant(tmp_path) -> None:
         records[bs] = run_job(data, model, AttnGradCAM(), _metrics(), tmp_path / f"bs{bs}", config)
     rows = _rows(tmp_path / "bs3" / "scores.csv")
     assert rows == _rows(tmp_path / "bs1" / "scores.csv")
-    assert records[1]["metrics"] == pytest.approx(records[3]["metrics"])
+    assert _flat(records[1]["metrics"]) == pytest.approx(_flat(records[3]["metrics"]))
     expected = [(data[i].id, c) for i in range(3) for c in data[i].labels]
     assert [(r["sample"], int(r["class"])) for r in rows] == expected
     assert [r["id"] for r in rows] == [f"{s}#{c}" for s, c in expected]
@@ -131,7 +140,10 @@ def test_two_gloo_ranks_equal_one_process(tmp_path) -> None:
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert one["metrics"]["class_sensitivity"]["n"] == 10 and one["metrics"]["class_sensitivity"]["n_samples"] == 5
     for runner in ("class_sensitivity", "segmentation", "perturbation"):
-        assert two["metrics"][runner] == pytest.approx(one["metrics"][runner], rel=1e-9, abs=1e-12), runner
+        a, b = _flat(one["metrics"][runner]), _flat(two["metrics"][runner])
+        numbers = [k for k, v in a.items() if isinstance(v, (int, float))]
+        assert {k: b[k] for k in numbers} == pytest.approx({k: a[k] for k in numbers}, rel=1e-9, abs=1e-12), runner
+        assert {k: v for k, v in b.items() if k not in numbers} == {k: v for k, v in a.items() if k not in numbers}
     rows1, rows2 = _rows(tmp_path / "one" / "scores.csv"), _rows(tmp_path / "two" / "scores.csv")
     assert len(rows1) == 10 and [(r["sample"], r["class"]) for r in rows1] == [(r["sample"], r["class"]) for r in rows2]
     for a, b in zip(rows1, rows2, strict=True):

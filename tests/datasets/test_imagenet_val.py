@@ -116,7 +116,9 @@ def check_dataset(ds: ImageNetVal, order: str = "class") -> None:
     got = [(path.stem, label) for path, label in ds.samples]
     assert got == expected_labels(order)
     sample = ds[0]
-    assert sample.id == got[0][0] and sample.label == got[0][1]
+    # ids are the path below root without the extension: unique even when two class folders share a file name
+    assert sample.id == ds.samples[0][0].relative_to(ds.root).with_suffix("").as_posix() == ds.sample_id(0)
+    assert sample.id.endswith(got[0][0]) and sample.label == got[0][1]
     assert sample.image.shape == (3, SIZE, SIZE) and sample.image.dtype == torch.float32
     assert 0.0 <= float(sample.image.min()) and float(sample.image.max()) <= 1.0
     assert ds.provides == frozenset({"label"}) and ds.modality == "image"

@@ -40,15 +40,18 @@ class MaskOracle(AttributionMethod):
 
 def test_item_scores_by_hand() -> None:
     values = torch.tensor([0.0, 3.0, 1.0, -2.0, 0.0, 1.0])
+    valid = torch.ones(6, dtype=torch.bool)
     own = torch.tensor([False, True, True, False, False, False])
-    other = torch.tensor([[False, False, False, False, True, True]])
+    other = torch.tensor([False, False, False, False, True, True])
+    masks = torch.stack([own, other])
     # positive mass 3 + 1 + 1 = 5: 4 in own, 1 in the other; the maximum (3) is in own
-    assert item_scores(values, own, other) == (1.0, 0.8, 0.2)
-    # a constant map points nowhere and has no positive mass here
-    assert item_scores(torch.zeros(6), own, other) == (0.0, 0.0, 0.0)
-    # NaN entries (words without a score) are never the maximum and carry no mass
+    assert item_scores(values, valid, masks) == (1.0, [0.8, 0.2])
+    # a constant map: every position is a tied maximum (2 of 6 in own) and the mass spreads evenly
+    pointing, shares = item_scores(torch.zeros(6), valid, masks)
+    assert pointing == pytest.approx(1 / 3) and shares == pytest.approx([1 / 3, 1 / 3])
+    # words without a score (not valid) are never the maximum and carry no mass
     nan = torch.tensor([float("nan"), 1.0, 0.0, 0.0, 0.0, 3.0])
-    assert item_scores(nan, own, other) == (0.0, 0.25, 0.75)
+    assert item_scores(nan, ~torch.isnan(nan), masks) == (0.0, [0.25, 0.75])
 
 
 def _image_batch(maps: torch.Tensor) -> tuple[Batch, Attribution]:
@@ -70,16 +73,21 @@ def _image_batch(maps: torch.Tensor) -> tuple[Batch, Attribution]:
 def test_image_values_by_hand() -> None:
     maps = torch.zeros(2, 4, 4)
     maps[0, 0, 0], maps[0, 3, 3], maps[0, 0, 3] = 2.0, 1.0, -1.0  # class 0: 2/3 own, 1/3 other, max in own
-    maps[1, 0, 0], maps[1, 3, 3] = 1.0, 1.0  # class 2: a tie, the first maximum (0, 0) is in the other object
+    maps[1, 0, 0], maps[1, 3, 3] = 1.0, 3.0  # class 2: 3/4 own, 1/4 other, max in own
     batch, attribution = _image_batch(maps)
     metric = ClassSensitivity()
     rows = metric.update(batch, attribution, model=None)
-    assert rows[0]["pointing"] == 1.0 and rows[1]["pointing"] == 0.0
-    assert rows[0]["mass_gap"] == pytest.approx(1 / 3) and rows[1]["mass_gap"] == 0.0
-    assert rows[0]["both_point"] == rows[1]["both_point"] == 0.0
+    assert rows[0]["pointing"] == rows[1]["pointing"] == 1.0
+    assert rows[0]["mass_gap"] == pytest.approx(1 / 3) and rows[1]["mass_gap"] == pytest.approx(1 / 2)
+    assert rows[0]["both_point"] == rows[1]["both_point"] == 1.0
     out = metric.compute()
-    assert out["pointing"] == 0.5 and out["mass_gap"] == pytest.approx(1 / 6)
-    assert out["both_point"] == 0.0 and out["n"] == 2 and out["n_samples"] == 1
+    assert out["pointing"] == 1.0 and out["mass_gap"] == pytest.approx(5 / 12) and out["both_point"] == 1.0
+    assert out["mass_own"] == pytest.approx((2 / 3 + 3 / 4) / 2) and out["n"] == 2 and out["n_samples"] == 1
+    # a tie between the two objects counts half a hit (a random tie break), and so does both_point
+    maps[1, 3, 3] = 1.0
+    batch, attribution = _image_batch(maps)
+    rows = ClassSensitivity().update(batch, attribution, model=None)
+    assert rows[1]["pointing"] == 0.5 and rows[1]["mass_gap"] == 0.0 and rows[0]["both_point"] == 0.5
 
 
 def test_the_same_map_for_both_classes_gives_gap_exactly_zero() -> None:

@@ -195,3 +195,36 @@ def test_helpers_on_edge_cases() -> None:
     valid = torch.ones(1, 4, dtype=torch.bool)
     assert pointing_hits(torch.zeros(1, 4), torch.tensor([[True, False, False, False]]), valid)[0] == 0.25
     assert math.isnan(float(rank_share(torch.rand(1, 4), torch.zeros(1, 4, dtype=torch.bool), valid)[0]))
+
+
+@pytest.mark.golden
+def test_text_localisation_through_the_loop_on_the_golden_bert(tmp_path) -> None:
+    from helpers import golden_dir
+    from xaibench.core.config import LoopConfig
+    from xaibench.core.loop import run_job
+    from xaibench.datasets.eraser import EraserMovies
+    from xaibench.methods.attention import Rollout
+    from xaibench.models.hf_bert import HFBert
+
+    d = golden_dir()
+    model = HFBert(
+        config_path=str(d / "bert_small_config.json"),
+        state_dict_path=str(d / "bert_small_state_dict.pt"),
+        vocab_path=str(d / "eraser_synthetic" / "vocab.txt"),
+    )
+    runners = {"pointing_game": PointingGame(), "relevance_mass": RelevanceMass(), "relevance_rank": RelevanceRank()}
+    config = LoopConfig(device="cpu", batch_size=4, spot_check=0, cache_dir=None)
+    record = run_job(
+        EraserMovies(root=d / "eraser_synthetic" / "data"), model, Rollout(start_layer=0), runners, tmp_path, config
+    )
+    m = record["metrics"]
+    assert m["pointing_game"]["n"] + m["pointing_game"]["empty_evidence"] == record["job"]["n"] == 4
+    for name, key in (
+        ("pointing_game", "hit"),
+        ("pointing_game", "energy"),
+        ("relevance_mass", "mass"),
+        ("relevance_rank", "rank"),
+    ):
+        assert 0.0 <= m[name][key] <= 1.0
+    header = (tmp_path / "scores.csv").read_text().splitlines()[0]
+    assert "pointing_game/hit" in header and "relevance_rank/rank" in header

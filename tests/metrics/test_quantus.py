@@ -1,6 +1,6 @@
 """Cross-checks with Quantus (the reference implementation users trust): per-sample values equal within
 1e-6 where the definitions agree, and every difference that is there on purpose pinned (README: "Quantus
-differences"). Same model (a tiny timm ViT in float64), same inputs, same maps on both sides."""
+differences"). Same model (a tiny timm ViT; float32, as Quantus feeds it), same inputs, same maps on both sides."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from xaibench.metrics.sanity import Sanity
 from xaibench.metrics.similarity import spearman, ssim
 
 quantus = pytest.importorskip("quantus")
+from quantus.helpers.model.pytorch_model import PyTorchModel  # noqa: E402
 
 SIDE, PATCH, N = 32, 8, 4
 TOL = 1e-6
@@ -28,9 +29,9 @@ TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def setup():
-    """A float64 tiny ViT, a batch of 4 images with box masks, and tie-free pixel maps."""
+    """A float32 tiny ViT (Quantus feeds float32 tensors), a batch of 4 images with box masks, and tie-free pixel maps."""
     warnings.filterwarnings("ignore")
-    model = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=4).to(dtype=torch.float64)
+    model = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=4)
     g = torch.Generator().manual_seed(1)
     masks = torch.zeros(N, SIDE, SIDE, dtype=torch.long)
     for i in range(N):
@@ -49,7 +50,8 @@ def setup():
 
 def q_inputs(batch: Batch, att: Attribution):
     x = batch.inputs.detach().numpy()
-    return x, batch.labels.numpy(), att.maps.numpy()[:, None], batch.masks.numpy()[:, None]
+    masks = None if batch.masks is None else batch.masks.numpy()[:, None]
+    return x, batch.labels.numpy(), att.maps.detach().numpy()[:, None], masks
 
 
 def test_pointing_mass_rank_equal_quantus_on_tie_free_maps(setup) -> None:
@@ -74,7 +76,7 @@ def test_pinned_localisation_differences(setup) -> None:
     mask = batch.masks.numpy().reshape(N, -1).astype(bool)
     # 1. a constant map: Quantus counts a hit when any tied maximum is in the mask (so 1); ours is the
     #    expected hit of a random tie break (the mask's share of the image), and rank ties likewise
-    const = np.full((N, 1, SIDE, SIDE), 0.5)
+    const = np.broadcast_to(np.arange(1.0, N + 1)[:, None, None, None], (N, 1, SIDE, SIDE)).copy()  # each constant
     kw = {"model": model.model, "x_batch": x, "y_batch": y, "a_batch": const, "s_batch": s}
     assert np.all(np.asarray(quantus.PointingGame(disable_warnings=True)(**kw)) == 1)
     flat_att = Attribution(maps=torch.from_numpy(const[:, 0]), targets=att.targets, logits=att.logits, level="pixels")
@@ -114,15 +116,27 @@ def test_imputation_equals_quantus() -> None:
 
 
 def test_road_morf_equals_quantus(setup) -> None:
-    model, batch, att = setup
-    x, y, a, _ = q_inputs(batch, att)
+    """Quantus' ROAD ranks the attribution broadcast to ``C × H × W`` but imputes ``H·W`` pixel indices, so it
+    only runs on single-channel inputs (3 channels: an IndexError); compared on a 1-channel ViT."""
+    _, rgb, att = setup
+    model = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=4, in_chans=1)
+    inputs = rgb.inputs.mean(dim=1, keepdim=True)
+    with torch.no_grad():
+        labels = model.logits(inputs).argmax(1)  # hits at x = 0, so the curves have something to lose
+    batch = Batch(ids=rgb.ids, inputs=inputs, labels=labels)
     percentages = [10, 30, 50, 70, 90]
     q = quantus.ROAD(percentages=percentages, noise=0.0, disable_warnings=True)
-    theirs = np.asarray(q(model=model.model, x_batch=x, y_batch=y, a_batch=a, channel_first=True)[0])
+    x, y, a = inputs.numpy(), labels.numpy(), att.maps.numpy()[:, None]
+    accuracy = q(model=model.model, x_batch=x, y_batch=y, a_batch=a, channel_first=True)  # {percentage: mean}
+    wrapped = PyTorchModel(model.model, channel_first=True, softmax=False, device="cpu")
+    theirs = np.asarray(q.evaluate_batch(model=wrapped, x_batch=x, y_batch=y, a_batch=a)[0])  # per sample
     runner = Road(fractions=[p / 100 for p in percentages], orders=["morf"], noise=0.0)
     rows = runner.update(batch, att, model)
     ours = np.array([[r[f"morf_hit_{p / 100:g}"] for p in percentages] for r in rows])
     assert theirs.shape == ours.shape and np.array_equal(theirs, ours)
+    out = runner.compute()
+    assert [out[f"morf_acc_{p / 100:g}"] for p in percentages] == pytest.approx([accuracy[p] for p in percentages])
+    assert 0 < ours.mean() < 1  # some steps keep the class, some lose it
 
 
 def test_deletion_curve_equals_quantus_region_perturbation(setup) -> None:
@@ -165,7 +179,9 @@ def _explain(method, adapter):
 def test_mprt_and_random_logit_equal_quantus(setup) -> None:
     from xaibench.methods.gradients import InputXGradient
 
-    model, batch, _ = setup
+    _, rgb, _ = setup
+    model = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=4, depth=1, seed=4)  # 9 layers: keeps it quick
+    batch = model.batch_to(model.collate([Sample(id=f"m{i}", label=0, image=rgb.images[i]) for i in range(N)]))
     method = InputXGradient()
     att = method(model, batch, None)
     x, y, a, _ = q_inputs(batch, att)
@@ -181,7 +197,7 @@ def test_mprt_and_random_logit_equal_quantus(setup) -> None:
     assert np.ptp(ours) > 0.1  # the similarity does move as layers are randomised
 
     # random logit, 2 classes (the other class is forced on both sides): Spearman agrees exactly
-    two = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=2, seed=3).to(dtype=torch.float64)
+    two = tiny_vit(img_size=SIDE, patch_size=PATCH, num_classes=2, depth=1, seed=3)
     batch2 = two.batch_to(two.collate([Sample(id=f"r{i}", label=0, image=batch.images[i]) for i in range(N)]))
     att2 = method(two, batch2, None)
     x2, _, a2, _ = q_inputs(batch2, att2)
