@@ -25,7 +25,7 @@ from xaibench.datasets._drawing import CLASSES, paint, shape_mask, smooth_backgr
 
 __all__ = ["CLASSES", "SyntheticPairs", "render_pair"]
 
-_PLACEMENT_TRIES = 200
+_PLACEMENT_TRIES = 1000
 
 
 def _textured_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -43,7 +43,7 @@ def render_pair(
     index: int,
     image_size: int,
     num_objects: int = 2,
-    radius: tuple[float, float] = (0.11, 0.17),
+    radius: tuple[float, float] = (0.19, 0.245),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render sample ``index``.
 
@@ -107,7 +107,7 @@ class SyntheticPairs(DatasetAdapter):
         offset: int = 0,
         min_objects: int = 2,
         max_objects: int = 2,
-        radius: Sequence[float] = (0.11, 0.17),
+        radius: Sequence[float] = (0.19, 0.245),
     ) -> None:
         if size < 1 or image_size < 16:
             raise ValueError(f"synthetic_pairs needs size >= 1 and image_size >= 16, got {size}, {image_size}")

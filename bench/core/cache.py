@@ -335,8 +335,10 @@ class AttributionCache:
             added += 1
         first = self._buffer and not self._wrote  # the first batch is written at once: an unwritable cache
         # fails before minutes of work, and a job killed early keeps what it did
-        if first or len(self._buffer) >= self.chunk_size or (
-            self._buffer and time.monotonic() - (self._buffer_since or 0.0) >= self.flush_every_s
+        if (
+            first
+            or len(self._buffer) >= self.chunk_size
+            or (self._buffer and time.monotonic() - (self._buffer_since or 0.0) >= self.flush_every_s)
         ):
             self.flush()
         return added

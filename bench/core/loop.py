@@ -27,6 +27,7 @@ from xaibench.core.checks import PRECISIONS, IdGuard, check_compatible, check_fi
 from xaibench.core.config import LoopConfig
 from xaibench.core.fingerprint import files_fingerprint
 from xaibench.core.io import library_versions, resolve_device, seed_everything
+from xaibench.core.loading import CollateSamples, GuardedSamples, collate_samples, failure_reason, skipped_row
 from xaibench.core.precision import spot_check
 from xaibench.core.types import (
     Attribution,
@@ -181,10 +182,10 @@ def _evaluate(
     """
     skip = config.on_error == "skip"
     loader = DataLoader(
-        _Guarded(dataset, indices, skip, config.target),
+        GuardedSamples(dataset, indices, skip, config.target),
         batch_size=config.batch_size,
         shuffle=False,
-        collate_fn=_Collate(model),
+        collate_fn=CollateSamples(model),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -197,7 +198,7 @@ def _evaluate(
     def process(items: list[tuple[int, Any]], collated: Batch | None = None) -> list[dict[str, Any]]:
         """Attribute, check and score one batch (``collated``: already collated by the loader); raises on
         any failure (metrics restored first)."""
-        batch = model.batch_to(collated if collated is not None else _collate(model, [s for _, s in items]))
+        batch = model.batch_to(collated if collated is not None else collate_samples(model, [s for _, s in items]))
         batch_index = [i for i, _ in items]
         ids_seen.check(batch_index, batch.ids, dataset.name)
         target = targets.target_classes(batch, config.target)
@@ -261,7 +262,7 @@ def _evaluate(
         return batch_rows
 
     for items, failed, collated in tqdm(loader, desc=f"{method.name}", unit="batch", disable=None):
-        rows.extend(_skipped_row(i, sid, reason) for i, sid, reason in failed)
+        rows.extend(skipped_row(i, sid, reason) for i, sid, reason in failed)
         if not items:
             continue
         try:
@@ -274,76 +275,9 @@ def _evaluate(
                 try:
                     rows.extend(process(group))
                 except Exception as single:
-                    log.warning("skipped sample %s: %s", group[0][1].id, _reason(single))
-                    rows.append(_skipped_row(index, group[0][1], _reason(single)))
+                    log.warning("skipped sample %s: %s", group[0][1].id, failure_reason(single))
+                    rows.append(skipped_row(index, group[0][1], failure_reason(single)))
     return rows, examples, stats
-
-
-class _Guarded(torch.utils.data.Dataset):
-    """Reads ``dataset[indices[j]]`` as the samples the job explains (one per class with ``target=each``);
-    with ``skip``, a sample that fails to load becomes a recorded skip."""
-
-    def __init__(self, dataset: DatasetAdapter, indices: range, skip: bool, target: str = "predicted") -> None:
-        self.dataset, self.indices, self.skip, self.target = dataset, indices, skip, target
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int) -> tuple[int, Any, str | None]:
-        index = self.indices[j]
-        try:
-            return index, targets.explained_samples(self.dataset[index], self.target), None
-        except Exception as exc:
-            if not self.skip:
-                raise
-            try:
-                sample_id = self.dataset.sample_id(index)
-            except Exception:  # the id is a courtesy; the index always identifies the sample
-                sample_id = None
-            return index, sample_id, _reason(exc)
-
-
-class _Collate:
-    """The loader's collate: loaded samples ``(index, sample)``, failed ones ``(index, id or None, reason)``
-    and the model's batch of the loaded ones, made in the loader's workers (so tokenising and stacking
-    overlap compute) and pinned by the loader on CUDA; ``None`` if collating fails (the main process
-    collates again and reports or skips the failure)."""
-
-    def __init__(self, model: ModelAdapter) -> None:
-        self.model = model
-
-    def __call__(
-        self, items: list[tuple[int, Any, str | None]]
-    ) -> tuple[list[tuple[int, Any]], list[tuple[int, str | None, str]], Batch | None]:
-        loaded = [(i, s) for i, group, e in items if e is None for s in group]
-        failed = [(i, s, e) for i, s, e in items if e is not None]
-        try:
-            batch = _collate(self.model, [s for _, s in loaded]) if loaded else None
-        except Exception:
-            batch = None
-        return loaded, failed, batch
-
-
-def _collate(model: ModelAdapter, samples: list[Any]) -> Batch:
-    return targets.attach_evidence(model.collate(samples), samples)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
-def _skipped_row(index: int, sample: Any, reason: str) -> dict[str, Any]:
-    """A skipped sample's row; ``sample`` is the sample, its id (it failed to load) or ``None``."""
-    if isinstance(sample, str) or sample is None:
-        return {"_index": index, "id": sample or f"index_{index}", "label": -1, "skipped": True, "skip_reason": reason}
-    return {
-        "_index": index,
-        "id": sample.id,
-        "label": int(sample.label),
-        "skipped": True,
-        "skip_reason": reason,
-    }
 
 
 def describe(obj: Any) -> dict[str, Any]:

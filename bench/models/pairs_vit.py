@@ -29,9 +29,10 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "embed_dim": 64,
     "depth": 4,
     "num_heads": 4,
-    "train_size": 6000,
+    "radius": [0.19, 0.245],  # object radius range (fraction of the image side), as synthetic_pairs' default
+    "train_size": 8000,
     "train_offset": 1_000_000,  # disjoint from the evaluation samples (offset 0)
-    "epochs": 10,
+    "epochs": 16,
     "batch_size": 64,
     "lr": 2e-3,
     "weight_decay": 0.05,
@@ -80,6 +81,7 @@ def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float
         offset=recipe["train_offset"],
         min_objects=1,
         max_objects=2,
+        radius=recipe["radius"],
     )
     images, targets = train.arrays()
     images = (images - 0.5) / 0.5
@@ -104,7 +106,9 @@ def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float
             total += float(loss.detach()) * len(idx)
         log.info("pairs ViT epoch %d/%d: loss %.4f", epoch + 1, recipe["epochs"], total / len(train))
     model.eval()
-    heldout = SyntheticPairs(recipe["heldout_size"], recipe["image_size"], seed=recipe["seed"] + 1)
+    heldout = SyntheticPairs(
+        recipe["heldout_size"], recipe["image_size"], seed=recipe["seed"] + 1, radius=recipe["radius"]
+    )
     return model, heldout_accuracy(model, heldout)
 
 

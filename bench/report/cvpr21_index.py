@@ -61,7 +61,7 @@ def default_paper_path(out_dir: str | Path) -> Path:
     own = Path(out_dir) / "paper.yaml"
     if own.is_file():
         return own
-    return Path(__file__).resolve().parent.parent / "results" / "cvpr21" / "paper.yaml"
+    return Path(__file__).resolve().parents[2] / "results" / "cvpr21" / "paper.yaml"
 
 
 def load_paper(path: str | Path | None) -> dict[str, Any]:

@@ -197,7 +197,8 @@ class _Flaky(AttributionMethod):
 
 def test_interrupted_run_resumes_from_the_cache(tmp_path) -> None:
     ds = SyntheticShapes(size=10, image_size=32)
-    config = LoopConfig(device="cpu", batch_size=3, cache_dir=str(tmp_path / "cache"))
+    # spot_check=0: the float64 spot check would call the counting method too
+    config = LoopConfig(device="cpu", batch_size=3, cache_dir=str(tmp_path / "cache"), spot_check=0)
     ident = {"method": {"start_layer": 0}}
     run_job(
         ds,
@@ -205,7 +206,7 @@ def test_interrupted_run_resumes_from_the_cache(tmp_path) -> None:
         Rollout(),
         {"segmentation": Segmentation()},
         tmp_path / "clean",
-        LoopConfig(device="cpu", batch_size=3),
+        LoopConfig(device="cpu", batch_size=3, spot_check=0),
     )
     flaky = _Flaky(fail_on_call=3)
     with pytest.raises(KeyboardInterrupt):

@@ -22,11 +22,11 @@ def test_wheel_has_only_the_xaibench_package(tmp_path) -> None:
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"xaibench"}, top
     for must in (
-        "xaibench/loop.py",
+        "xaibench/core/loop.py",
         "xaibench/methods/attention.py",
         "xaibench/datasets/synthetic.py",
         "xaibench/conf/config.yaml",
-        "xaibench/data/assets.yaml",
+        "xaibench/core/data/assets.yaml",
         "xaibench/conf/method/rollout.yaml",
     ):
         assert must in names, must
