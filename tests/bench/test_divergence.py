@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from xaibench.apps import divergence
+from xaibench.core.precision import map_divergence
 from xaibench.methods.attention import Rollout
 
 
 def test_map_divergence_is_relative_to_the_float64_scale() -> None:
     high = torch.tensor([[0.0, 2.0, 4.0], [1.0, 1.0, 1.0], [1.0, 2.0, 3.0]], dtype=torch.float64)
     low = high + torch.tensor([[0.0, 0.4, 0.0], [0.0, 0.0, 0.0], [float("nan"), 0.0, 0.0]], dtype=torch.float64)
-    d = divergence.map_divergence(low.float(), high)
+    d = map_divergence(low.float(), high)
     assert d[0].item() == pytest.approx(0.1, rel=1e-6) and d[1].item() == 0.0 and torch.isnan(d[2])
 
 

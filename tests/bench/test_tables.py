@@ -226,7 +226,16 @@ def test_newest_record_wins_and_a_newer_failure_is_shown(runs: Path, tmp_path: P
     # a re-run that failed over an old success: the old number must not be shown as current
     failed_dir = runs / "table2" / "raw_attention"
     (failed_dir / "error.json").write_text(
-        json.dumps({"status": "failed", "error": "ValueError: broken", "overrides": []})
+        json.dumps(
+            {
+                "status": "failed",
+                "error": "ValueError: broken",
+                "overrides": [],
+                # error.json carries the job's choices and target (the records schema), no Hydra file is re-read
+                "choices": {"method": "raw_attention", "dataset": "imagenet_seg", "metric": "segmentation"},
+                "target": "predicted",
+            }
+        )
     )
     os.utime(failed_dir / "error.json", (later, later))
     (failed_dir / ".hydra").mkdir()
