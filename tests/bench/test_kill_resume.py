@@ -32,7 +32,8 @@ def test_sigkill_then_restart_gives_the_same_records(tmp_path) -> None:
     assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode == 0
     cache = tmp_path / "cache" / "attributions"
     # the default cache options: the first batch is written at once, then every cache_flush_seconds (10 s)
-    cmd, env = _run(tmp_path, "killed")
+    # force=true: the clean run's record has the same identity (the cache location is not part of it)
+    cmd, env = _run(tmp_path, "killed", ["force=true"])
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list(cache.rglob("chunk-*.h5")):
@@ -41,7 +42,7 @@ def test_sigkill_then_restart_gives_the_same_records(tmp_path) -> None:
     proc.wait(timeout=60)
     assert list(cache.rglob("chunk-*.h5")), "the job finished no chunk before the kill"
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    cmd, env = _run(tmp_path, "killed")
+    cmd, env = _run(tmp_path, "killed", ["force=true"])
     assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=600).returncode == 0
     for f in ("metrics.json", "scores.csv"):
         clean = (tmp_path / "clean" / f).read_text()
