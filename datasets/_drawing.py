@@ -45,8 +45,16 @@ def smooth_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) 
     return img + rng.normal(0.0, 0.06, size=(3, s, s)).astype(np.float32)
 
 
-def paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> None:
-    """Fill ``mask`` of ``img`` ``[3, S, S]`` in place with a random saturated colour plus a little noise."""
+def random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A random saturated colour ``[3]`` float32: two channels in [0.6, 1], one dimmed to 30 % of that."""
     colour = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
     colour[rng.integers(3)] *= 0.3  # saturated, never grey, so it stands out from the background
+    return colour
+
+
+def paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, colour: np.ndarray | None = None) -> None:
+    """Fill ``mask`` of ``img`` ``[3, S, S]`` in place with ``colour`` (default: :func:`random_colour`) plus a
+    little noise."""
+    if colour is None:
+        colour = random_colour(rng)
     img[:, mask] = colour[:, None] + rng.normal(0.0, 0.03, size=(3, int(mask.sum()))).astype(np.float32)

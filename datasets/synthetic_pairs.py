@@ -21,11 +21,14 @@ import numpy as np
 import torch
 
 from xaibench.core.types import DatasetAdapter, Sample
-from xaibench.datasets._drawing import CLASSES, paint, shape_mask, smooth_background
+from xaibench.datasets._drawing import CLASSES, paint, random_colour, shape_mask, smooth_background
 
 __all__ = ["CLASSES", "SyntheticPairs", "render_pair"]
 
 _PLACEMENT_TRIES = 1000
+_COLOUR_TRIES = 100
+#: an object's colour differs from the mean background under it by at least this much in some channel
+MIN_CONTRAST = 0.35
 
 
 def _textured_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -78,7 +81,12 @@ def render_pair(
     masks = []
     for c, r, (cy, cx) in zip(classes, radii, centres, strict=True):
         mask = shape_mask(int(c), float(cy), float(cx), float(r), yy, xx)
-        paint(rng, img, mask)
+        under = background[:, mask].mean(axis=1)
+        for _ in range(_COLOUR_TRIES):  # visible: some channel differs from the background under it
+            colour = random_colour(rng)
+            if float(np.abs(colour - under).max()) >= MIN_CONTRAST:
+                break
+        paint(rng, img, mask, colour)
         masks.append(mask)
     return np.clip(img, 0.0, 1.0), np.clip(background, 0.0, 1.0), np.stack(masks), classes
 

@@ -273,17 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("xaibench-data: %(levelname)s: %(message)s"))
-    pkg_log = logging.getLogger("xaibench.core.data")
-    saved = pkg_log.level, pkg_log.propagate
-    pkg_log.addHandler(handler)
-    pkg_log.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    pkg_log.propagate = False
+    loggers = [logging.getLogger("xaibench.core.data"), log]  # the download helpers' messages and this tool's
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.WARNING if args.quiet else logging.INFO)
+        lg.propagate = False
     try:
         return _run(args)
     finally:
-        pkg_log.removeHandler(handler)
-        pkg_log.setLevel(saved[0])
-        pkg_log.propagate = saved[1]
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -160,7 +160,8 @@ def run_job(
     if not world.is_main:
         return record
     timing = {"seconds": time.perf_counter() - started, "world_size": world.size, **stats}
-    arrays = _example_arrays(examples[: config.save_examples], method.name) if examples else None
+    names = dataset.class_names() if examples else None
+    arrays = _example_arrays(examples[: config.save_examples], method.name, names) if examples else None
     records.write_job(out, record, rows, timing, arrays)
     log.info("wrote %s (%d samples)", out / "metrics.json", len(rows))
     return record
@@ -343,7 +344,7 @@ def _examples(batch: Any, attribution: Any, count: int) -> list[dict[str, Any]]:
     return out
 
 
-def _example_arrays(examples: list[dict[str, Any]], method: str) -> dict[str, np.ndarray]:
+def _example_arrays(examples: list[dict[str, Any]], method: str, names: Any = None) -> dict[str, np.ndarray]:
     arrays = {
         "ids": np.array([e["id"] for e in examples]),
         "images": (np.stack([e["image"] for e in examples]) * 255).round().astype(np.uint8),
@@ -353,4 +354,6 @@ def _example_arrays(examples: list[dict[str, Any]], method: str) -> dict[str, np
     }
     if all("mask" in e for e in examples):
         arrays["masks"] = np.stack([e["mask"] for e in examples]).astype(np.uint8)
+    if names:  # the explained classes' names, for the figures
+        arrays["target_names"] = np.array([str(names[t]) if 0 <= t < len(names) else "" for t in arrays["targets"]])
     return arrays

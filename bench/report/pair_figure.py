@@ -1,5 +1,6 @@
-"""The example grid of a ``target=each`` sweep on a multi-label set (``synthetic_pairs``): one row per image
-with the input, each object's mask, then for each method its map of each class side by side."""
+"""The example grid of a ``target=each`` sweep on a multi-label set (``synthetic_pairs``): for each image a
+column per class (the input, the explained object's mask, then each method's map of that class), so the two
+maps of one image sit side by side in every method's row."""
 
 from __future__ import annotations
 
@@ -30,16 +31,16 @@ def pair_figure(
     title: str | None = None,
     class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Draw the grid.
+    """Draw the grid: a column per image and class, a row per method (and the input and masks on top).
 
     Args:
-        items: each method's ``examples.npz`` content with its column title as ``label`` (all with the same
-            ids, the explained samples: ``images``, ``masks`` (the explained object's), ``heatmaps``,
-            ``targets``).
+        items: each method's ``examples.npz`` content with its row title (the method's config name) as
+            ``label``, all with the same ids, the explained samples (``images``, ``masks`` of the explained
+            object, ``heatmaps``, ``targets``).
         groups: positions of each image's explained samples (:func:`class_groups`).
         out_path: the PNG to write.
         title: figure title.
-        class_names: names of the class indices (default: ``class <index>``).
+        class_names: names of the class indices (default: the records' ``target_names``, else ``class <index>``).
     """
     import matplotlib
 
@@ -47,35 +48,38 @@ def pair_figure(
     import matplotlib.pyplot as plt
 
     first = items[0]
-    k = max(len(g) for g in groups)
-    cols = 1 + k + k * len(items)
+    columns = [j for group in groups for j in group]
+    rows = 2 + len(items)
     fig, axes = plt.subplots(
-        len(groups), cols, figsize=(1.3 * cols, 1.4 * len(groups) + (0.3 if title else 0)), squeeze=False
+        rows, len(columns), figsize=(1.15 * len(columns) + 0.9, 1.15 * rows + (0.3 if title else 0)), squeeze=False
     )
 
     def name(j: int) -> str:
         c = int(first["targets"][j])
-        return class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
+        if class_names is not None and c < len(class_names):
+            return str(class_names[c])
+        return str(first["target_names"][j]) if "target_names" in first else f"class {c}"
 
-    for r, group in enumerate(groups):
-        image = first["images"][group[0]].transpose(1, 2, 0)
-        axes[r, 0].imshow(image)
-        for m, j in enumerate(group):
-            if "masks" in first:
-                axes[r, 1 + m].imshow(first["masks"][j], cmap="gray", vmin=0, vmax=1)
-            axes[r, 1 + m].set_title(f"mask: {name(j)}", fontsize=6)
-            for c, it in enumerate(items):
-                ax = axes[r, 1 + k + c * k + m]
-                ax.imshow(image)
-                heat = np.nan_to_num(it["heatmaps"][j].astype(np.float32))
-                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                ax.set_title(f"{it['label']}\n→ {name(j)}" if r == 0 else f"→ {name(j)}", fontsize=6)
-    axes[0, 0].set_title("input", fontsize=6)
+    for col, j in enumerate(columns):
+        image = first["images"][j].transpose(1, 2, 0)
+        axes[0, col].imshow(image)
+        axes[0, col].set_title(f"→ {name(j)}", fontsize=7)
+        if "masks" in first:
+            axes[1, col].imshow(first["masks"][j], cmap="gray", vmin=0, vmax=1)
+        for r, it in enumerate(items, start=2):
+            axes[r, col].imshow(image)
+            heat = np.nan_to_num(it["heatmaps"][j].astype(np.float32))
+            axes[r, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    for r, label in enumerate(["input", "mask", *(str(it["label"]) for it in items)]):
+        axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     for ax in axes.ravel():
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path

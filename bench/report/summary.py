@@ -123,7 +123,10 @@ def summarize_sweep(sweep_dir: Path, figure: bool = True) -> int:
     table = ok[keep].sort_values("method") if "method" in ok else ok
     failed = frame[frame["status"] == "failed"]
     headline = {label for rows in HEADLINES.values() for _, label, _ in rows}
-    others = [label for m, rows in HEADLINES.items() if m not in PAPER_METRICS for _, label, _ in rows]
+    # the class-specific columns lead the first table (records_frame puts them first); the rest follow
+    others = [
+        label for m, rows in HEADLINES.items() if m not in (*PAPER_METRICS, *CLASS_SPECIFIC) for _, label, _ in rows
+    ]
     first = [c for c in table.columns if c not in others]
     second = [c for c in table.columns if c not in headline] + [c for c in others if c in table.columns]
     if any(c in headline for c in first) and any(c in others for c in second):  # two tables: paper, then the rest

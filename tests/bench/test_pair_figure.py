@@ -37,14 +37,12 @@ def test_pair_grid_is_drawn(tmp_path) -> None:
     import matplotlib.image
 
     ids, targets = ["p_0#0", "p_0#2", "p_1#1", "p_1#3"], [0, 2, 1, 3]
-    for method in ("rollout", "gae"):
+    methods = ("rollout", "gae", "random")
+    for method in methods:
         _examples(tmp_path / method, method, ids, targets)
-    out = example_figure(
-        [tmp_path / "rollout", tmp_path / "gae"],
-        tmp_path / "examples.png",
-        labels={tmp_path / "rollout": "rollout", tmp_path / "gae": "gae"},
-    )
+    dirs = [tmp_path / m for m in methods]
+    out = example_figure(dirs, tmp_path / "examples.png", labels={d: d.name for d in dirs})
     assert out == tmp_path / "examples.png"
     image = matplotlib.image.imread(out)
-    # 2 image rows; input + 2 masks + 2 methods x 2 classes = 7 panels per row: wider than tall
-    assert image.shape[1] > 2 * image.shape[0]
+    # a column per image and class (4), a row for the input, the masks and each method (5): taller than wide
+    assert image.shape[0] > image.shape[1]

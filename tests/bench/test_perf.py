@@ -51,15 +51,18 @@ def test_make_bench_entry_point_writes_every_table(tmp_path) -> None:
 
     args = ["--models", "vit_micro", "--batch-sizes", "1,2", "--repeats", "1", "--methods", "rollout,full_lrp"]
     args += ["--devices", "cpu", "--divergence-models", "vit_micro", "--divergence-samples", "2"]
+    args += ["--metrics", "road,pointing_game", "--metric-model", "vit_micro", "--metric-batch", "2"]
     args += ["--memory-sizes", "20,40", "--out", str(tmp_path)]
     out = subprocess.run(
         [sys.executable, "-m", "xaibench.apps.bench", *args], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("cpu-2cores", "cpu-2cores_checks", "divergence_cpu-2cores"):
+    for name in ("cpu-2cores", "cpu-2cores_checks", "divergence_cpu-2cores", "metrics_cpu-2cores"):
         name = name.replace("2cores", f"{perf.os.cpu_count()}cores")
         assert (tmp_path / f"{name}.csv").is_file(), name
     assert "batching_never_costs" in (tmp_path / f"cpu-{perf.os.cpu_count()}cores.md").read_text()
+    metrics = pd.read_csv(tmp_path / f"metrics_cpu-{perf.os.cpu_count()}cores.csv")
+    assert sorted(metrics["metric"]) == ["pointing_game", "road"] and (metrics["s/image"] > 0).all()
     memory = (tmp_path / "memory.md").read_text()
     assert "| 20 |" in memory and "| 40 |" in memory
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from helpers import golden_dir
-from xaibench.apps import reproduce
+from xaibench.apps import reproduce, reproduce_plan
 from xaibench.core.checks import check_compatible
 from xaibench.core.config import CONF_DIR, LoopConfig
 
@@ -91,23 +91,23 @@ def test_every_experiment_composes_and_instantiates(experiment: str, data_dir: P
     from xaibench.core.types import DatasetAdapter
 
     base = [f"experiment={experiment}", f"paths.data_dir={data_dir}", *QUIET]
-    cfg = reproduce.compose(base)
-    dataset_cls = reproduce._target_class(cfg.dataset)
+    cfg = reproduce_plan.compose(base)
+    dataset_cls = reproduce_plan._target_class(cfg.dataset)
     assert dataset_cls is not None and issubclass(dataset_cls, DatasetAdapter)
     dataset_overrides = ["dataset.num_classes=2"] if dataset_cls.__name__ == "ImageNetVal" else []
     base += [f"model={STANDIN_MODELS[dataset_cls.modality]}", *dataset_overrides]
-    cfg = reproduce.compose(base)
-    assert not reproduce.missing_assets(cfg), reproduce.missing_assets(cfg)
+    cfg = reproduce_plan.compose(base)
+    assert not reproduce_plan.missing_assets(cfg), reproduce_plan.missing_assets(cfg)
     dataset = instantiate(cfg.dataset)
     model = instantiate(cfg.model)
     metrics = {name: instantiate(spec) for name, spec in cfg.metrics.items()}
     assert len(dataset) > 0 and metrics
-    methods = reproduce._sweep_methods(cfg, [])
+    methods = reproduce_plan._sweep_methods(cfg, [])
     assert methods
     for name in methods:
-        method_cfg = reproduce.compose([*base, f"method={name}"])
+        method_cfg = reproduce_plan.compose([*base, f"method={name}"])
         method = instantiate(method_cfg.method)
-        reason = reproduce.method_support(name, dataset.modality)
+        reason = reproduce_plan.method_support(name, dataset.modality)
         if reason is not None:
             assert dataset.modality not in method.modalities, reason
             continue
@@ -115,8 +115,8 @@ def test_every_experiment_composes_and_instantiates(experiment: str, data_dir: P
 
 
 def test_table1_sweeps_skip_the_class_agnostic_target_jobs() -> None:
-    predicted = reproduce._sweep_methods(reproduce.compose(["experiment=cvpr21/table1_perturbation"]), [])
-    label_cfg = reproduce.compose(["experiment=cvpr21/table1_perturbation_target"])
+    predicted = reproduce_plan._sweep_methods(reproduce_plan.compose(["experiment=cvpr21/table1_perturbation"]), [])
+    label_cfg = reproduce_plan.compose(["experiment=cvpr21/table1_perturbation_target"])
     assert set(predicted) == {
         "raw_attention",
         "rollout",
@@ -126,7 +126,7 @@ def test_table1_sweeps_skip_the_class_agnostic_target_jobs() -> None:
         "transformer_attribution",
     }
     assert label_cfg.target == "label"
-    assert set(reproduce._sweep_methods(label_cfg, [])) == set(predicted) - {"raw_attention", "rollout"}
+    assert set(reproduce_plan._sweep_methods(label_cfg, [])) == set(predicted) - {"raw_attention", "rollout"}
 
 
 # -- data checks ----------------------------------------------------------------------------------------
@@ -163,27 +163,29 @@ def test_a_table_whose_data_is_present_runs_while_the_others_skip(tmp_path: Path
 
 
 def test_text_methods_without_text_support_are_left_out_with_the_reason(data_dir: Path, tmp_path: Path) -> None:
-    opts = reproduce.Options(data_dir=str(data_dir), text_model="bert_small", overrides=list(QUIET))
-    plan = reproduce.plan_experiment("eraser_token_f1", "ERASER", opts)
+    opts = reproduce_plan.Options(data_dir=str(data_dir), text_model="bert_small", overrides=list(QUIET))
+    plan = reproduce_plan.plan_experiment("eraser_token_f1", "ERASER", opts)
     assert not plan.skipped
     assert {"raw_attention", "rollout_bert", "attn_gradcam"} <= set(plan.methods)
-    sweep = reproduce._sweep_methods(reproduce.compose(["experiment=cvpr21/eraser_token_f1"]), [])
+    sweep = reproduce_plan._sweep_methods(reproduce_plan.compose(["experiment=cvpr21/eraser_token_f1"]), [])
     assert sorted(plan.methods + list(plan.left_out)) == sorted(sweep)
     for method, reason in plan.left_out.items():  # e.g. relevance methods before the LRP engine has BERT
         assert "inputs only" in reason, (method, reason)
     assert plan.command[-1] == f"method={','.join(plan.methods)}"
-    assert "supports ['image', 'text'] inputs only, not audio" in reproduce.method_support("raw_attention", "audio")
-    assert reproduce.method_support("nope", "text") == "no method config conf/method/nope.yaml"
+    assert "supports ['image', 'text'] inputs only, not audio" in reproduce_plan.method_support(
+        "raw_attention", "audio"
+    )
+    assert reproduce_plan.method_support("nope", "text") == "no method config conf/method/nope.yaml"
 
 
 def test_bert_checkpoint_option_and_usage_errors(data_dir: Path, tmp_path: Path, capsys) -> None:
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
-    opts = reproduce.Options(data_dir=str(data_dir), bert_checkpoint=str(checkpoint))
-    plan = reproduce.plan_experiment("eraser_token_f1", "ERASER", opts)
+    opts = reproduce_plan.Options(data_dir=str(data_dir), bert_checkpoint=str(checkpoint))
+    plan = reproduce_plan.plan_experiment("eraser_token_f1", "ERASER", opts)
     assert not plan.missing and f"model.checkpoint={checkpoint}" in plan.command
-    opts = reproduce.Options(data_dir=str(data_dir), bert_checkpoint=str(tmp_path / "absent"))
-    plan = reproduce.plan_experiment("eraser_token_f1", "ERASER", opts)
+    opts = reproduce_plan.Options(data_dir=str(data_dir), bert_checkpoint=str(tmp_path / "absent"))
+    plan = reproduce_plan.plan_experiment("eraser_token_f1", "ERASER", opts)
     assert plan.missing and "xaibench-finetune" in str(plan.missing[0])
     assert reproduce.main(["--only", "table9"]) == reproduce.EXIT_USAGE
     assert reproduce.main(["--limit", "0"]) == reproduce.EXIT_USAGE
