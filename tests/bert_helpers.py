@@ -74,3 +74,33 @@ def hook_counts(model: nn.Module) -> list[tuple[str, int]]:
     """Hooks per module (to compare before and after a method call)."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return [(name, sum(len(getattr(m, k)) for k in kinds)) for name, m in model.named_modules()]
+
+
+def tiny_pairs_bert(tmp_path: Path, multi_label: bool = False):
+    """A random 2-layer BERT over the synthetic_text_pairs vocabulary (4 topics), spread weights (peaky
+    attention); ``multi_label``: the pairs model's adapter class (per-class log-odds)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from xaibench.datasets.synthetic_text_pairs import write_vocab
+    from xaibench.models.bert_files import bert_tokenizer_from_vocab
+    from xaibench.models.hf_bert import HFBert
+    from xaibench.models.pairs_bert import MultiLabelBert
+
+    tokenizer = bert_tokenizer_from_vocab(write_vocab(tmp_path / "vocab.txt"))
+    cfg = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        num_labels=4,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    net = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():  # spread weights: peaky attention
+        for name, p in net.named_parameters():
+            p.normal_(1.0, 0.1) if "LayerNorm.weight" in name else p.normal_(0.0, 0.3)
+    cls = MultiLabelBert if multi_label else HFBert
+    return cls(model=net, tokenizer=tokenizer, name="tiny_pairs_bert", max_length=128)

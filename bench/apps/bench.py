@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import torch
 from hydra.utils import instantiate
 
 from xaibench.apps import bench_metrics
+from xaibench.apps.bench_memory import memory_scaling
+from xaibench.apps.bench_metrics import clock
 from xaibench.core.config import method_configs
 from xaibench.core.io import device_label, parse_devices
 from xaibench.core.types import Batch, ModelAdapter
@@ -102,24 +103,13 @@ def _peak_mib(device: torch.device) -> float | None:
     return None
 
 
-def _clock(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``fn`` takes, waiting for the GPU's queued work before and after on CUDA."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
 def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, float | None]:
     """Median seconds of ``fn`` over ``repeats`` runs after one warm-up, and the peak memory (MiB)."""
     fn()
     times = []
     _peak_reset()
     for _ in range(repeats):
-        times.append(_clock(fn, device))
+        times.append(clock(fn, device))
     return statistics.median(times), _peak_mib(device)
 
 
@@ -137,9 +127,9 @@ def timed_pair(
     fn()
     refs, secs, peaks = [], [], []
     for _ in range(repeats):
-        refs.append(_clock(reference, device))
+        refs.append(clock(reference, device))
         _peak_reset()
-        secs.append(_clock(fn, device))
+        secs.append(clock(fn, device))
         peaks.append(_peak_mib(device))
     known = [p for p in peaks if p is not None]
     ratio = statistics.median(s / r for s, r in zip(secs, refs, strict=True))
@@ -153,9 +143,22 @@ def run(
     device: torch.device,
     methods: list[str] | None,
     seq_len: int,
+    method_set: dict[str, dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
+    """Time each method of ``methods`` (default: all) on each model and batch size (see the module doc);
+    ``method_set`` maps a method name to config values that replace its YAML's (``{"integrated_gradients":
+    {"n_steps": 8}}``)."""
     rows = []
     configs = method_configs(methods)
+    for name, changes in (method_set or {}).items():
+        if name not in configs:
+            raise ValueError(f"--method-set names method {name!r}, which is not timed; timed: {sorted(configs)}")
+        for key, value in changes.items():
+            if key not in configs[name]:
+                raise ValueError(
+                    f"--method-set {name}.{key}: {name} has no option {key!r}; it has {sorted(configs[name])}"
+                )
+            configs[name][key] = value
     for model_name in models:
         model, make = build_model(model_name, seq_len)
         model.to(device=device, dtype=torch.float32)
@@ -224,7 +227,8 @@ def checks(frame: pd.DataFrame) -> pd.DataFrame:
         by_batch = group.set_index("batch")
         big, small = by_batch.index.max(), by_batch.index.min()
         ratio = float(by_batch.loc[big, "ratio"])
-        passes = int(by_batch.loc[big, "passes"]) if "passes" in by_batch else 1
+        passes = by_batch.loc[big, "passes"] if "passes" in by_batch else 1
+        passes = 1 if pd.isna(passes) else int(passes)  # rows timed before the column existed: one pass
         target = TARGET_RATIOS.get(method)
         batching = float(by_batch.loc[big, "s_per_image"] / by_batch.loc[small, "s_per_image"])
         bound = 0.25 if str(by_batch["device"].iloc[0]).startswith("cuda") else 1.0
@@ -242,6 +246,42 @@ def checks(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+#: the columns that name one measurement (a row of ``<device>.csv``)
+KEYS = ["model", "method", "batch"]
+
+
+def parse_method_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["integrated_gradients.n_steps=8"]`` -> ``{"integrated_gradients": {"n_steps": 8}}`` (YAML values).
+
+    Raises:
+        ValueError: an item is not ``<method>.<option>=<value>``.
+    """
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, option = key.partition(".")
+        if not (sep and dot and method and option):
+            raise ValueError(
+                f"--method-set takes <method>.<option>=<value> (e.g. integrated_gradients.n_steps=8), got {item!r}"
+            )
+        out.setdefault(method, {})[option] = yaml.safe_load(value)
+    return out
+
+
+def merge_previous(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> pd.DataFrame:
+    """``frame`` plus the rows of the previous ``<device>.csv`` in ``out_dir`` that it does not re-time
+    (same model, method and batch), so a run of a few methods updates the committed table."""
+    path = (out_dir / device_label(device)).with_suffix(".csv")
+    if not path.is_file():
+        return frame
+    old = pd.read_csv(path)
+    timed_now = set(map(tuple, frame[KEYS].astype(str).values.tolist())) if len(frame) else set()
+    keep = old[[tuple(r) not in timed_now for r in old[KEYS].astype(str).values.tolist()]]
+    return pd.concat([keep, frame], ignore_index=True).sort_values(KEYS, kind="stable", ignore_index=True)
 
 
 def write(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> Path:
@@ -272,6 +312,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="", help="comma list of conf/method names (default: all)")
     parser.add_argument("--devices", default="cpu,cuda", help="devices to run on (cuda skipped if absent)")
     parser.add_argument("--seq-len", type=int, default=256, help="BERT sequence length")
+    parser.add_argument(
+        "--method-set",
+        action="append",
+        default=[],
+        metavar="METHOD.OPTION=VALUE",
+        help="replace a method's config value (repeatable), e.g. integrated_gradients.n_steps=8",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the existing <device>.csv that this run does not re-time (same model, method, batch)",
+    )
     parser.add_argument("--out", default="results/bench", help="output folder")
     parser.add_argument(
         "--memory-sizes", default="200,2000", help="image counts for the memory-scaling check ('' to skip)"
@@ -288,15 +340,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     methods = [m for m in args.methods.split(",") if m] or None
+    try:
+        method_set = parse_method_set(args.method_set)
+    except ValueError as exc:
+        parser.error(str(exc))
     for device in parse_devices(args.devices):
-        frame = run(
-            [m for m in args.models.split(",") if m],
-            [int(b) for b in args.batch_sizes.split(",")],
-            args.repeats,
-            device,
-            methods,
-            args.seq_len,
-        )
+        try:
+            frame = run(
+                [m for m in args.models.split(",") if m],
+                [int(b) for b in args.batch_sizes.split(",")],
+                args.repeats,
+                device,
+                methods,
+                args.seq_len,
+                method_set,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.merge:
+            frame = merge_previous(frame, Path(args.out), device)
         path = write(frame, Path(args.out), device)
         print(path.read_text())
         if args.divergence_models:
@@ -315,46 +377,6 @@ def main(argv: list[str] | None = None) -> None:
             + "\n"
         )
         print(path.read_text())
-
-
-MEMORY_PROBE = """
-import json, sys, torch
-from xaibench.datasets.synthetic import SyntheticShapes
-from xaibench.core.loop import LoopConfig, run_job
-from xaibench.methods.attention import Rollout
-from xaibench.metrics.segmentation import Segmentation
-from xaibench.models.timm_vit import TimmViT
-kw = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 4}
-model = TimmViT(timm_kwargs=kw, init_seed=0, name="vit_micro")
-run_job(SyntheticShapes(int(sys.argv[1]), 64), model, Rollout(), {"segmentation": Segmentation()}, sys.argv[2],
-        LoopConfig(device="cpu", batch_size=50, save_examples=0))
-print(json.dumps({"peak_mib": int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 1024}))
-"""
-
-
-def memory_scaling(sizes: tuple[int, ...] = (200, 2000)) -> pd.DataFrame:
-    """Peak resident memory of a whole segmentation evaluation over ``sizes`` synthetic images, each in a
-    fresh process: the runners stream, so the peak should not grow with the number of images."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    rows = []
-    for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run(
-                [sys.executable, "-c", MEMORY_PROBE, str(size), tmp],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=3600,
-            )
-        rows.append({"images": size, **json.loads(out.stdout.strip().splitlines()[-1])})
-        log.info("segmentation over %d images: peak %.0f MiB", size, rows[-1]["peak_mib"])
-    frame = pd.DataFrame(rows)
-    frame["ratio_to_smallest"] = frame["peak_mib"] / frame["peak_mib"].iloc[0]
-    return frame
 
 
 if __name__ == "__main__":

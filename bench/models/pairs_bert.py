@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from xaibench.core.types import Sample
 from xaibench.datasets.synthetic_text_pairs import TOPICS, SyntheticTextPairs, write_vocab
-from xaibench.models.bert_files import bert_tokenizer_from_vocab
 from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.hf_bert import HFBert
+from xaibench.models.text_demo import new_demo_bert
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +63,8 @@ def heldout_accuracy(adapter: HFBert, data: SyntheticTextPairs, batch_size: int 
 
 def train_pairs_bert(recipe: dict[str, Any], vocab: Path) -> tuple[MultiLabelBert, list[float]]:
     """Train the BERT of ``recipe``; returns ``(adapter, held-out per-topic accuracy)``."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(recipe["seed"])
-    tokenizer = bert_tokenizer_from_vocab(vocab)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=recipe["hidden_size"],
-        num_hidden_layers=recipe["num_hidden_layers"],
-        num_attention_heads=recipe["num_attention_heads"],
-        intermediate_size=recipe["intermediate_size"],
-        max_position_embeddings=recipe["max_position_embeddings"],
-        num_labels=len(TOPICS),
-        id2label=dict(enumerate(TOPICS)),
-        label2id={t: i for i, t in enumerate(TOPICS)},
-        problem_type="multi_label_classification",
-    )
-    config._attn_implementation = "eager"
-    adapter = MultiLabelBert(
-        model=BertForSequenceClassification(config),
-        tokenizer=tokenizer,
-        name="pairs_bert",
-        max_length=recipe["max_position_embeddings"],
+    adapter = new_demo_bert(
+        recipe, vocab, TOPICS, "pairs_bert", MultiLabelBert, problem_type="multi_label_classification"
     )
     train = SyntheticTextPairs(recipe["train_size"], split="train", seed=recipe["seed"], min_topics=1, max_topics=2)
     docs, topics = train.texts()

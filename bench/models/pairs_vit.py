@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from xaibench.datasets.synthetic_pairs import CLASSES, SyntheticPairs
 from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.timm_vit import TimmViT
+from xaibench.models.vit_training import train_vit, vit_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,7 @@ class MultiLabelViT(TimmViT):
 
 
 def _kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "img_size": recipe["image_size"],
-        "patch_size": recipe["patch_size"],
-        "num_classes": len(CLASSES),
-        "embed_dim": recipe["embed_dim"],
-        "depth": recipe["depth"],
-        "num_heads": recipe["num_heads"],
-        "mlp_ratio": 2.0,
-        "qkv_bias": True,
-    }
+    return vit_kwargs(recipe, len(CLASSES))
 
 
 def heldout_accuracy(model: torch.nn.Module, data: SyntheticPairs, batch_size: int = 100) -> list[float]:
@@ -70,10 +62,6 @@ def heldout_accuracy(model: torch.nn.Module, data: SyntheticPairs, batch_size: i
 
 def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float]]:
     """Train the ViT of ``recipe``; returns ``(model, held-out per-class accuracy)``."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(recipe["seed"])
-    model = VisionTransformer(**_kwargs(recipe))
     train = SyntheticPairs(
         recipe["train_size"],
         recipe["image_size"],
@@ -84,28 +72,7 @@ def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float
         radius=recipe["radius"],
     )
     images, targets = train.arrays()
-    images = (images - 0.5) / 0.5
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    steps = recipe["epochs"] * ((len(train) + recipe["batch_size"] - 1) // recipe["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(recipe["seed"])
-    model.train()
-    for epoch in range(recipe["epochs"]):
-        order = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        for start in range(0, len(train), recipe["batch_size"]):
-            idx = order[start : start + recipe["batch_size"]]
-            x = images[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5  # the shapes are left-right symmetric
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.binary_cross_entropy_with_logits(model(x), targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log.info("pairs ViT epoch %d/%d: loss %.4f", epoch + 1, recipe["epochs"], total / len(train))
-    model.eval()
+    model = train_vit(recipe, len(CLASSES), images, targets, F.binary_cross_entropy_with_logits, "pairs ViT")
     heldout = SyntheticPairs(
         recipe["heldout_size"], recipe["image_size"], seed=recipe["seed"] + 1, radius=recipe["radius"]
     )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from xaibench.datasets.synthetic import CLASSES, SyntheticShapes
 from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.timm_vit import TimmViT
+from xaibench.models.vit_training import train_vit, vit_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -37,50 +38,16 @@ DEFAULT_RECIPE: dict[str, Any] = {
 
 
 def _kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "img_size": recipe["image_size"],
-        "patch_size": recipe["patch_size"],
-        "num_classes": len(CLASSES),
-        "embed_dim": recipe["embed_dim"],
-        "depth": recipe["depth"],
-        "num_heads": recipe["num_heads"],
-        "mlp_ratio": 2.0,
-        "qkv_bias": True,
-    }
+    return vit_kwargs(recipe, len(CLASSES))
 
 
 def train_shapes_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, float]:
     """Train the ViT of ``recipe`` on generated shapes; returns ``(model, held-out accuracy)``."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(recipe["seed"])
-    model = VisionTransformer(**_kwargs(recipe))
     train = SyntheticShapes(
         recipe["train_size"], recipe["image_size"], seed=recipe["seed"], offset=recipe["train_offset"]
     )
     images, labels = train.arrays()
-    images = (images - 0.5) / 0.5
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    steps = recipe["epochs"] * ((len(train) + recipe["batch_size"] - 1) // recipe["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(recipe["seed"])
-    model.train()
-    for epoch in range(recipe["epochs"]):
-        order = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        for start in range(0, len(train), recipe["batch_size"]):
-            idx = order[start : start + recipe["batch_size"]]
-            x = images[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5  # shapes are left-right symmetric
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.cross_entropy(model(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log.info("shapes ViT epoch %d/%d: loss %.4f", epoch + 1, recipe["epochs"], total / len(train))
-    model.eval()
+    model = train_vit(recipe, len(CLASSES), images, labels, F.cross_entropy, "shapes ViT")
     test = SyntheticShapes(500, recipe["image_size"], seed=recipe["seed"] + 1)
     timages, tlabels = test.arrays()
     with torch.inference_mode():

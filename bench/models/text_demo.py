@@ -7,6 +7,7 @@ once on CPU with ``xaibench.models.finetune`` and cached under ``cache_dir`` key
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +34,46 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 
 
-def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[str, Any]]:
+def new_demo_bert(
+    recipe: dict[str, Any],
+    vocab: Path,
+    labels: Sequence[str],
+    name: str,
+    adapter_cls: type[HFBert] = HFBert,
+    **config: Any,
+) -> HFBert:
+    """A randomly initialised (seeded) ``BertForSequenceClassification`` of ``recipe``'s size over the
+    word-piece vocabulary ``vocab``, with one output per label, wrapped in ``adapter_cls``; ``config``
+    adds ``BertConfig`` fields (e.g. ``problem_type``). Eager attention, as the attention methods read it."""
     from transformers import BertConfig, BertForSequenceClassification
-
-    from xaibench.models.finetune import FinetuneConfig, finetune
 
     torch.manual_seed(recipe["seed"])
     tokenizer = bert_tokenizer_from_vocab(vocab)
-    config = BertConfig(
+    bert_config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe["hidden_size"],
         num_hidden_layers=recipe["num_hidden_layers"],
         num_attention_heads=recipe["num_attention_heads"],
         intermediate_size=recipe["intermediate_size"],
         max_position_embeddings=recipe["max_position_embeddings"],
-        num_labels=2,
-        id2label={0: "NEG", 1: "POS"},
-        label2id={"NEG": 0, "POS": 1},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={t: i for i, t in enumerate(labels)},
+        **config,
     )
-    config._attn_implementation = "eager"
-    adapter = HFBert(
-        model=BertForSequenceClassification(config),
+    bert_config._attn_implementation = "eager"
+    return adapter_cls(
+        model=BertForSequenceClassification(bert_config),
         tokenizer=tokenizer,
-        name="synthetic_text_bert",
+        name=name,
         max_length=recipe["max_position_embeddings"],
     )
+
+
+def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[str, Any]]:
+    from xaibench.models.finetune import FinetuneConfig, finetune
+
+    adapter = new_demo_bert(recipe, vocab, ("NEG", "POS"), "synthetic_text_bert")
     train = SyntheticText(recipe["train_size"], split="train", seed=recipe["seed"])
     val = SyntheticText(recipe["val_size"], split="val", seed=recipe["seed"])
     summary = finetune(

@@ -31,6 +31,8 @@ HEADLINES: dict[str, list[tuple[str, str, bool]]] = {
         ("micro_f1@40", "token-F1@40 micro", False),
         ("macro_f1@20", "token-F1@20 macro", False),
     ],
+    "token_auprc": [("auprc", "token AUPRC", False)],
+    "aopc": [("aopc_comprehensiveness", "comp. AOPC (↑)", False), ("aopc_sufficiency", "suff. AOPC (↓)", False)],
     "pointing_game": [("hit", "pointing hit %", True), ("energy", "energy PG %", True)],
     "relevance_mass": [("mass", "rel. mass %", True)],
     "relevance_rank": [("rank", "rel. rank %", True)],

@@ -83,3 +83,21 @@ def test_multi_pass_methods_are_checked_per_pass() -> None:
     assert got.loc["integrated_gradients", "meets_target"] and got.loc["saliency", "meets_target"]
     assert not got.loc["smoothgrad", "meets_target"]  # 2.8 per noise sample
     assert perf.instantiate({"_target_": "xaibench.methods.gradients.SmoothGrad", "nt_samples": 7}).passes == 7
+
+
+def test_method_set_changes_the_timed_config_and_merge_keeps_the_other_rows(tmp_path) -> None:
+    cpu = torch.device("cpu")
+    first = perf.run(["vit_micro"], [1], 1, cpu, ["rollout", "integrated_gradients"], 16)
+    perf.write(first, tmp_path, cpu)
+    changes = perf.parse_method_set(["integrated_gradients.n_steps=3"])
+    assert changes == {"integrated_gradients": {"n_steps": 3}}
+    again = perf.run(["vit_micro"], [1], 1, cpu, ["integrated_gradients"], 16, changes)
+    assert again["passes"].tolist() == [3] and first.set_index("method").loc["integrated_gradients", "passes"] != 3
+    merged = perf.merge_previous(again, tmp_path, cpu)
+    # rollout's row comes from the earlier run, integrated gradients' from this one (not both)
+    assert merged["method"].tolist() == ["integrated_gradients", "rollout"]
+    assert merged.set_index("method").loc["integrated_gradients", "passes"] == 3
+    with pytest.raises(ValueError, match="<method>.<option>=<value>"):
+        perf.parse_method_set(["n_steps=3"])
+    with pytest.raises(ValueError, match="has no option 'steps'"):
+        perf.run(["vit_micro"], [1], 1, cpu, ["integrated_gradients"], 16, {"integrated_gradients": {"steps": 3}})

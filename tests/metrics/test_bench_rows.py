@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 import torch
 
 from xaibench.apps import bench_metrics
@@ -19,6 +21,13 @@ def test_metric_rows_on_a_micro_vit(tmp_path) -> None:
     assert (rows["s/image"] > 0).all() and rows.loc["road", "eager s/image"] > 0
     path = bench_metrics.write(frame, tmp_path, torch.device("cpu"))
     assert "fused saving %" in path.read_text() and (tmp_path / path.name.replace(".md", ".csv")).is_file()
+    # --merge: re-timing one runner replaces its row and keeps the others
+    again = bench_metrics.run("vit_micro", 2, torch.device("cpu"), ["pointing_game"], 3136)
+    bench_metrics.write(again, tmp_path, torch.device("cpu"), merge=True)
+    merged = pd.read_csv(tmp_path / path.name.replace(".md", ".csv")).set_index("metric")
+    assert sorted(merged.index) == sorted(bench_metrics.METRICS)
+    assert merged.loc["pointing_game", "s/image"] == pytest.approx(float(again["s/image"].iloc[0]))
+    assert merged.loc["road", "s/image"] == pytest.approx(float(rows.loc["road", "s/image"]))
 
 
 def test_new_metrics_reach_the_sweep_summary_and_xaibench_tables(tmp_path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bert_helpers import tiny_pairs_bert
 
 from xaibench.core.config import LoopConfig
 from xaibench.core.loop import run_job
 from xaibench.core.types import Attribution, AttributionMethod, Batch, ModelAdapter
 from xaibench.datasets.synthetic_pairs import SyntheticPairs
-from xaibench.datasets.synthetic_text_pairs import SyntheticTextPairs, write_vocab
+from xaibench.datasets.synthetic_text_pairs import SyntheticTextPairs
 from xaibench.methods.attention import RawAttention, Rollout
 from xaibench.metrics.class_sensitivity import ClassSensitivity, item_scores
 from xaibench.metrics.segmentation import Segmentation
@@ -158,33 +159,8 @@ def test_rollout_maps_by_hand_on_a_tiny_vit() -> None:
     assert rows[0]["pointing"] == float(a.flatten()[top]) and rows[1]["pointing"] == float(b.flatten()[top])
 
 
-def _tiny_bert(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from xaibench.models.bert_files import bert_tokenizer_from_vocab
-    from xaibench.models.hf_bert import HFBert
-
-    tokenizer = bert_tokenizer_from_vocab(write_vocab(tmp_path / "vocab.txt"))
-    cfg = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=128,
-        num_labels=4,
-    )
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    net = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():  # spread weights: peaky attention
-        for name, p in net.named_parameters():
-            p.normal_(1.0, 0.1) if "LayerNorm.weight" in name else p.normal_(0.0, 0.3)
-    return HFBert(model=net, tokenizer=tokenizer, name="tiny_pairs_bert", max_length=128)
-
-
 def test_class_agnostic_text_methods_and_the_oracle_on_a_tiny_bert(tmp_path) -> None:
-    model = _tiny_bert(tmp_path)
+    model = tiny_pairs_bert(tmp_path)
     data = SyntheticTextPairs(6, seed=2)
     for name, method in (("rollout", Rollout(start_layer=0)), ("raw_attention", RawAttention())):
         out = _run(tmp_path, data, model, method, name)["class_sensitivity"]
