@@ -18,9 +18,8 @@ import torch.nn.functional as F
 
 from xaibench.core.types import Sample
 from xaibench.datasets.synthetic_text_pairs import TOPICS, SyntheticTextPairs, write_vocab
-from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.hf_bert import HFBert
-from xaibench.models.text_demo import new_demo_bert
+from xaibench.models.text_demo import cached_bert, new_demo_bert
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +98,19 @@ def train_pairs_bert(recipe: dict[str, Any], vocab: Path) -> tuple[MultiLabelBer
 
 def pairs_bert(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> MultiLabelBert:
     """The trained pair-benchmark BERT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
-    folder = Path(cache_dir).expanduser() / "models" / f"pairs_bert-{digest}"
 
-    def build(tmp: Path) -> None:
-        from xaibench.models.finetune import save
+    def train(r: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[str, Any]]:
+        adapter, accuracy = train_pairs_bert(r, vocab)
+        return adapter, {"heldout_per_class_accuracy": dict(zip(TOPICS, accuracy, strict=True))}
 
-        vocab = write_vocab(tmp / "vocab_src.txt")
-        adapter, accuracy = train_pairs_bert(recipe, vocab)
-        per_topic = dict(zip(TOPICS, accuracy, strict=True))
-        save(adapter, tmp, {"recipe": recipe, "heldout_per_class_accuracy": per_topic})
-        log.info("synthetic_text_pairs BERT held-out per-topic accuracy: %s", per_topic)
-
-    build_once(folder, build, folder / "config.json", retrain, "synthetic_text_pairs BERT")
-    return MultiLabelBert(
-        checkpoint=str(folder),
-        local_files_only=True,
-        name=f"pairs_bert-{digest}",
-        max_length=recipe["max_position_embeddings"],
+    return cached_bert(
+        cache_dir,
+        "pairs_bert",
+        DEFAULT_RECIPE,
+        recipe,
+        retrain,
+        write_vocab,
+        train,
+        "synthetic_text_pairs BERT",
+        MultiLabelBert,
     )

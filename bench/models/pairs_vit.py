@@ -9,18 +9,15 @@ The held-out per-class accuracy (two-object images of another seed) is written n
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from xaibench.datasets.synthetic_pairs import CLASSES, SyntheticPairs
-from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.timm_vit import TimmViT
-from xaibench.models.vit_training import train_vit, vit_kwargs
+from xaibench.models.vit_training import cached_vit, train_vit
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +43,6 @@ class MultiLabelViT(TimmViT):
     """A timm ViT whose logits are independent per-class log-odds (``multi_label``)."""
 
     multi_label: ClassVar[bool] = True
-
-
-def _kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
-    return vit_kwargs(recipe, len(CLASSES))
 
 
 def heldout_accuracy(model: torch.nn.Module, data: SyntheticPairs, batch_size: int = 100) -> list[float]:
@@ -81,20 +74,11 @@ def train_pairs_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, list[float
 
 def pairs_vit(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> MultiLabelViT:
     """The trained pair-benchmark ViT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
-    weights = Path(cache_dir).expanduser() / "models" / f"pairs_vit-{digest}.pt"
 
-    def build(tmp: Path) -> None:
-        model, accuracy = train_pairs_vit(recipe)
-        torch.save(model.state_dict(), tmp)
-        summary = {"recipe": recipe, "heldout_per_class_accuracy": dict(zip(CLASSES, accuracy, strict=True))}
-        weights.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-        log.info("synthetic_pairs ViT held-out per-class accuracy: %s", summary["heldout_per_class_accuracy"])
+    def train(r: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+        model, accuracy = train_pairs_vit(r)
+        return model, {"heldout_per_class_accuracy": dict(zip(CLASSES, accuracy, strict=True))}
 
-    build_once(weights, build, weights, retrain, "synthetic_pairs ViT")
-    return MultiLabelViT(
-        timm_kwargs=_kwargs(recipe),
-        checkpoint_path=str(weights),
-        name=f"pairs_vit-{digest}",
-        class_names=CLASSES,
+    return cached_vit(
+        cache_dir, "pairs_vit", DEFAULT_RECIPE, recipe, retrain, train, CLASSES, "synthetic_pairs ViT", MultiLabelViT
     )

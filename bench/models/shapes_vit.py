@@ -6,18 +6,15 @@ Trained once on CPU (about a minute on 2 cores), deterministically, and cached u
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from xaibench.datasets.synthetic import CLASSES, SyntheticShapes
-from xaibench.models.demo_cache import build_once, recipe_digest
 from xaibench.models.timm_vit import TimmViT
-from xaibench.models.vit_training import train_vit, vit_kwargs
+from xaibench.models.vit_training import cached_vit, train_vit
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +34,6 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 
 
-def _kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
-    return vit_kwargs(recipe, len(CLASSES))
-
-
 def train_shapes_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, float]:
     """Train the ViT of ``recipe`` on generated shapes; returns ``(model, held-out accuracy)``."""
     train = SyntheticShapes(
@@ -57,19 +50,9 @@ def train_shapes_vit(recipe: dict[str, Any]) -> tuple[torch.nn.Module, float]:
 
 def shapes_vit(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> TimmViT:
     """The trained demo ViT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
-    weights = Path(cache_dir).expanduser() / "models" / f"shapes_vit-{digest}.pt"
 
-    def build(tmp: Path) -> None:
-        model, accuracy = train_shapes_vit(recipe)
-        torch.save(model.state_dict(), tmp)
-        weights.with_suffix(".json").write_text(json.dumps({"recipe": recipe, "heldout_accuracy": accuracy}, indent=2))
-        log.info("synthetic_shapes ViT held-out accuracy: %.3f", accuracy)
+    def train(r: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
+        model, accuracy = train_shapes_vit(r)
+        return model, {"heldout_accuracy": accuracy}
 
-    build_once(weights, build, weights, retrain, "synthetic_shapes ViT")
-    return TimmViT(
-        timm_kwargs=_kwargs(recipe),
-        checkpoint_path=str(weights),
-        name=f"shapes_vit-{digest}",
-        class_names=CLASSES,
-    )
+    return cached_vit(cache_dir, "shapes_vit", DEFAULT_RECIPE, recipe, retrain, train, CLASSES, "synthetic_shapes ViT")

@@ -7,7 +7,7 @@ once on CPU with ``xaibench.models.finetune`` and cached under ``cache_dir`` key
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,23 +85,48 @@ def train_text_bert(recipe: dict[str, Any], vocab: Path) -> tuple[HFBert, dict[s
     return adapter, summary
 
 
-def synthetic_text_bert(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> HFBert:
-    """The trained text-demo BERT, loaded from ``cache_dir`` or trained and cached on first use."""
-    recipe, digest = recipe_digest(DEFAULT_RECIPE, recipe)
-    folder = Path(cache_dir).expanduser() / "models" / f"synthetic_text_bert-{digest}"
+def cached_bert(
+    cache_dir: str,
+    stem: str,
+    defaults: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    retrain: bool,
+    vocab: Callable[[Path], Path],
+    train: Callable[[dict[str, Any], Path], tuple[HFBert, dict[str, Any]]],
+    what: str,
+    adapter_cls: type[HFBert] = HFBert,
+) -> HFBert:
+    """A demo BERT, loaded from the folder ``<cache_dir>/models/<stem>-<digest>`` or trained and saved there on
+    first use (``retrain``: train again): ``vocab(path)`` writes its word-piece vocabulary, ``train(recipe,
+    vocab_path)`` returns the adapter and its held-out summary, saved with the recipe beside the weights."""
+    recipe, digest = recipe_digest(defaults, recipe)
+    folder = Path(cache_dir).expanduser() / "models" / f"{stem}-{digest}"
 
     def build(tmp: Path) -> None:
         from xaibench.models.finetune import save
 
-        vocab = write_vocab(tmp / "vocab_src.txt")
-        adapter, summary = train_text_bert(recipe, vocab)
+        adapter, summary = train(recipe, vocab(tmp / "vocab_src.txt"))
         save(adapter, tmp, {"recipe": recipe, **summary})
-        log.info("synthetic_text BERT validation accuracy: %.3f", summary["best_val"]["accuracy"])
+        log.info("%s held-out: %s", what, summary)
 
-    build_once(folder, build, folder / "config.json", retrain, "synthetic_text BERT")
-    return HFBert(
+    build_once(folder, build, folder / "config.json", retrain, what)
+    return adapter_cls(
         checkpoint=str(folder),
         local_files_only=True,
-        name=f"synthetic_text_bert-{digest}",
+        name=f"{stem}-{digest}",
         max_length=recipe["max_position_embeddings"],
+    )
+
+
+def synthetic_text_bert(cache_dir: str, recipe: dict[str, Any] | None = None, retrain: bool = False) -> HFBert:
+    """The trained text-demo BERT, loaded from ``cache_dir`` or trained and cached on first use."""
+    return cached_bert(
+        cache_dir,
+        "synthetic_text_bert",
+        DEFAULT_RECIPE,
+        recipe,
+        retrain,
+        write_vocab,
+        train_text_bert,
+        "synthetic_text BERT",
     )

@@ -3,11 +3,16 @@ on generated images, deterministically (seeded model, order and flips), with Ada
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from xaibench.models.demo_cache import build_once, recipe_digest
+from xaibench.models.timm_vit import TimmViT
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +69,35 @@ def train_vit(
             total += float(loss.detach()) * len(idx)
         log.info("%s epoch %d/%d: loss %.4f", what, epoch + 1, recipe["epochs"], total / n)
     return model.eval()
+
+
+def cached_vit(
+    cache_dir: str,
+    stem: str,
+    defaults: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    retrain: bool,
+    train: Callable[[dict[str, Any]], tuple[torch.nn.Module, dict[str, Any]]],
+    class_names: Sequence[str],
+    what: str,
+    adapter_cls: type[TimmViT] = TimmViT,
+) -> TimmViT:
+    """A demo ViT, loaded from ``<cache_dir>/models/<stem>-<digest>.pt`` or trained by ``train(recipe)`` and
+    cached on first use (``retrain``: train again). ``train`` returns the model and its held-out summary,
+    written with the recipe to the ``.json`` beside the weights; ``what`` names the model in the logs."""
+    recipe, digest = recipe_digest(defaults, recipe)
+    weights = Path(cache_dir).expanduser() / "models" / f"{stem}-{digest}.pt"
+
+    def build(tmp: Path) -> None:
+        model, summary = train(recipe)
+        torch.save(model.state_dict(), tmp)
+        weights.with_suffix(".json").write_text(json.dumps({"recipe": recipe, **summary}, indent=2))
+        log.info("%s held-out: %s", what, summary)
+
+    build_once(weights, build, weights, retrain, what)
+    return adapter_cls(
+        timm_kwargs=vit_kwargs(recipe, len(class_names)),
+        checkpoint_path=str(weights),
+        name=f"{stem}-{digest}",
+        class_names=class_names,
+    )
