@@ -65,6 +65,7 @@ def check_compatible(
             raise ValueError(
                 f"metric {name} scores target={'|'.join(sorted(metric.target_modes))}, not target={config.target}"
             )
+        metric.check_model(model)
 
 
 class NonFiniteError(ValueError):

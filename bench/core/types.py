@@ -353,6 +353,9 @@ class MetricRunner(ABC):
     @abstractmethod
     def update(self, batch: Batch, attribution: Attribution, model: ModelAdapter) -> list[dict[str, Any]]: ...
 
+    def check_model(self, model: ModelAdapter) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Raise ``ValueError`` before any compute when the runner's options cannot score ``model``."""
+
     @abstractmethod
     def compute(self) -> dict[str, Any]: ...
 

@@ -170,6 +170,14 @@ class AOPC(TensorSums, MetricRunner):
         self._sums = torch.zeros(len(self.bins), 2, dtype=torch.float64)
         self._count = torch.zeros((), dtype=torch.float64)
 
+    def check_model(self, model: ModelAdapter) -> None:
+        if self.target == "predicted" and model.multi_label:
+            raise ValueError(
+                f"aopc target=predicted scores the class predicted on the full document, but model {model.name} "
+                "is multi-label (independent per-class probabilities, no single prediction); set "
+                "metrics.aopc.target=explained to score the explained class"
+            )
+
     @staticmethod
     def _probs(model: ModelAdapter, batch: Batch) -> torch.Tensor:
         with torch.inference_mode():

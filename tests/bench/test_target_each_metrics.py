@@ -28,6 +28,8 @@ def _metrics(modality: str) -> dict:
     out = {}
     for config in METRICS:  # a config may hold several runners (faithfulness: token_auprc and aopc)
         for name, node in compose_config([f"metric={config}"]).metrics.items():
+            if name == "aopc":  # a multi-label model has no single prediction: score the explained class
+                node.target = "explained"
             runner = instantiate(node)
             if modality in runner.modalities:
                 out[name] = runner
@@ -97,3 +99,12 @@ def test_pair_sets_give_each_metric_the_explained_class_evidence(modality) -> No
             assert part.mask.equal(sample.class_masks[k]) and not part.mask.equal(sample.mask)
         else:
             assert part.rationale == tuple(sample.class_rationales[k]) and part.rationale != sample.rationale
+
+
+def test_aopc_on_the_predicted_class_of_a_multi_label_model_is_refused_before_compute(tmp_path) -> None:
+    from xaibench.metrics.faithfulness import AOPC
+
+    model = tiny_pairs_bert(tmp_path, multi_label=True)
+    with pytest.raises(ValueError, match="metrics.aopc.target=explained"):
+        run_job(SyntheticTextPairs(2, seed=1), model, AttnGradCAM(), {"aopc": AOPC()}, tmp_path / "run", CONFIG)
+    assert not (tmp_path / "run" / "metrics.json").exists()
