@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 
 from xaibench.apps import bench_metrics
 from xaibench.apps.bench_memory import memory_scaling
-from xaibench.apps.bench_metrics import clock
+from xaibench.apps.bench_metrics import clock, merge_rows
 from xaibench.core.config import method_configs
 from xaibench.core.io import device_label, parse_devices
 from xaibench.core.types import Batch, ModelAdapter
@@ -278,10 +278,7 @@ def merge_previous(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> 
     path = (out_dir / device_label(device)).with_suffix(".csv")
     if not path.is_file():
         return frame
-    old = pd.read_csv(path)
-    timed_now = set(map(tuple, frame[KEYS].astype(str).values.tolist())) if len(frame) else set()
-    keep = old[[tuple(r) not in timed_now for r in old[KEYS].astype(str).values.tolist()]]
-    return pd.concat([keep, frame], ignore_index=True).sort_values(KEYS, kind="stable", ignore_index=True)
+    return merge_rows(frame, path, KEYS).sort_values(KEYS, kind="stable", ignore_index=True)
 
 
 def write(frame: pd.DataFrame, out_dir: Path, device: torch.device) -> Path:

@@ -179,18 +179,25 @@ def run(
     return frame
 
 
+def merge_rows(frame: pd.DataFrame, previous: Path, keys: list[str]) -> pd.DataFrame:
+    """The rows of the csv ``previous`` (if it exists) that ``frame`` does not re-time (no row of ``frame``
+    has the same ``keys``), then ``frame``: a run of a few measurements updates a committed table."""
+    if not previous.is_file():
+        return frame
+    old = pd.read_csv(previous)
+    now = set(map(tuple, frame[keys].astype(str).values.tolist())) if len(frame) else set()
+    keep = old[[tuple(r) not in now for r in old[keys].astype(str).values.tolist()]]
+    return pd.concat([keep, frame], ignore_index=True)
+
+
 def write(frame: pd.DataFrame, out_dir: Path, device: torch.device, merge: bool = False) -> Path:
     """``metrics_<device>.csv`` and ``.md`` (with this run's forward times) under ``out_dir``; ``merge``
     keeps the rows of an existing csv that this run does not re-time (same metric, model and batch)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     label = device_label(device)
-    old_path = out_dir / f"metrics_{label}.csv"
-    if merge and old_path.is_file():
-        old, keys = pd.read_csv(old_path), ["metric", "model", "batch"]
-        now = set(map(tuple, frame[keys].astype(str).values.tolist()))
-        keep = old[[tuple(r) not in now for r in old[keys].astype(str).values.tolist()]]
+    if merge:
         attrs = frame.attrs
-        frame = pd.concat([keep, frame], ignore_index=True)
+        frame = merge_rows(frame, out_dir / f"metrics_{label}.csv", ["metric", "model", "batch"])
         frame.attrs = attrs
     frame.to_csv(out_dir / f"metrics_{label}.csv", index=False)
     fwd = frame.attrs.get("forward", {})
