@@ -23,12 +23,14 @@ import torch
 from xaibench.core.types import DatasetAdapter, Sample
 from xaibench.datasets._drawing import CLASSES, paint, random_colour, shape_mask, smooth_background
 
-__all__ = ["CLASSES", "SyntheticPairs", "render_pair"]
+__all__ = ["CLASSES", "RADIUS", "SyntheticPairs", "render_pair"]
 
 _PLACEMENT_TRIES = 1000
 _COLOUR_TRIES = 100
 #: an object's colour differs from the mean background under it by at least this much in some channel
 MIN_CONTRAST = 0.35
+#: default object radius range, as fractions of the image side (the pairs ViT is trained on it)
+RADIUS: tuple[float, float] = (0.19, 0.245)
 
 
 def _textured_background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -46,7 +48,7 @@ def render_pair(
     index: int,
     image_size: int,
     num_objects: int = 2,
-    radius: tuple[float, float] = (0.19, 0.245),
+    radius: tuple[float, float] = RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render sample ``index``.
 
@@ -115,7 +117,7 @@ class SyntheticPairs(DatasetAdapter):
         offset: int = 0,
         min_objects: int = 2,
         max_objects: int = 2,
-        radius: Sequence[float] = (0.19, 0.245),
+        radius: Sequence[float] = RADIUS,
     ) -> None:
         if size < 1 or image_size < 16:
             raise ValueError(f"synthetic_pairs needs size >= 1 and image_size >= 16, got {size}, {image_size}")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from xaibench.datasets.synthetic_pairs import CLASSES, SyntheticPairs
+from xaibench.datasets.synthetic_pairs import CLASSES, RADIUS, SyntheticPairs
 from xaibench.models.timm_vit import TimmViT
 from xaibench.models.vit_training import cached_vit, train_vit
 
@@ -27,7 +27,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "embed_dim": 64,
     "depth": 4,
     "num_heads": 4,
-    "radius": [0.19, 0.245],  # object radius range (fraction of the image side), as synthetic_pairs' default
+    "radius": list(RADIUS),  # object radius range (fraction of the image side): synthetic_pairs' default
     "train_size": 8000,
     "train_offset": 1_000_000,  # disjoint from the evaluation samples (offset 0)
     "epochs": 16,

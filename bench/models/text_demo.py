@@ -107,7 +107,8 @@ def cached_bert(
 
         adapter, summary = train(recipe, vocab(tmp / "vocab_src.txt"))
         save(adapter, tmp, {"recipe": recipe, **summary})
-        log.info("%s held-out: %s", what, summary)
+        # saved whole; logged without fine-tuning's per-epoch history
+        log.info("%s held-out: %s", what, {k: v for k, v in summary.items() if k != "history"})
 
     build_once(folder, build, folder / "config.json", retrain, what)
     return adapter_cls(
